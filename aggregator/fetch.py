@@ -1,0 +1,246 @@
+"""Retrieve a source's bytes politely: requests for http(s), the filesystem for file:.
+
+Polite means: conditional GET (ETag, Last-Modified), a User-Agent naming us, gzip,
+a deadline for the whole fetch (a server dripping a byte a second cannot hold a
+worker forever), the max_bytes cap counted on the *decoded* body (a gzip bomb
+stops at the cap), at most 5 redirects, at most 2 requests at once to one host.
+The answer is a FetchResult; 304 is a result, not an error.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+from urllib.request import url2pathname
+
+import requests
+from requests.adapters import HTTPAdapter
+
+from aggregator import __version__
+from aggregator.errors import FetchError
+from aggregator.model import FetchResult, HttpState, Source
+
+USER_AGENT = f"aggregator/{__version__} (self-hosted feed aggregator; python-requests)"
+ACCEPT = ("application/atom+xml, application/rss+xml, application/feed+json;q=0.95, "
+          "application/rdf+xml;q=0.9, application/xml;q=0.9, text/xml;q=0.8, "
+          "application/json;q=0.7, */*;q=0.5")
+MAX_REDIRECTS = 5
+PER_HOST = 2
+CHUNK = 64 * 1024
+_MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)", re.I)
+
+
+class Fetcher:
+    """Thread-safe fetcher: one requests.Session per thread, a semaphore per host."""
+
+    def __init__(self, *, per_host: int = PER_HOST, stop: threading.Event | None = None) -> None:
+        self.per_host = per_host
+        self.stop = stop or threading.Event()
+        self._local = threading.local()
+        self._hosts: dict[str, threading.BoundedSemaphore] = {}
+        self._hosts_lock = threading.Lock()
+
+    def fetch(self, source: Source, state: HttpState) -> FetchResult:
+        url = state.permanent_url or source.url
+        if url.startswith("file:"):
+            return fetch_file(source, url, state)
+        return self._fetch_http(source, url, state)
+
+    # -- http -------------------------------------------------------------------------
+    def _session(self) -> requests.Session:
+        session = getattr(self._local, "session", None)
+        if session is None:
+            session = requests.Session()
+            session.max_redirects = MAX_REDIRECTS
+            session.headers.update({"User-Agent": USER_AGENT, "Accept": ACCEPT,
+                                    "Accept-Encoding": "gzip, deflate"})
+            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.per_host, max_retries=0)
+            session.mount("http://", adapter)
+            session.mount("https://", adapter)
+            self._local.session = session
+        return session
+
+    @contextmanager
+    def _host_slot(self, url: str) -> Iterator[None]:
+        host = (urlsplit(url).hostname or "").lower()
+        with self._hosts_lock:
+            slot = self._hosts.setdefault(host, threading.BoundedSemaphore(self.per_host))
+        with slot:
+            yield
+
+    def _fetch_http(self, source: Source, url: str, state: HttpState) -> FetchResult:
+        headers = {}
+        if state.etag:
+            headers["If-None-Match"] = state.etag
+        if state.last_modified:
+            headers["If-Modified-Since"] = state.last_modified
+        deadline = time.monotonic() + source.timeout
+        read_timeout = min(source.timeout, 10.0)
+
+        def fail(message: str, **kw: object) -> FetchError:
+            return FetchError(message, source_id=source.id, url=url, **kw)  # type: ignore[arg-type]
+
+        with self._host_slot(url):
+            try:
+                response = self._session().get(url, headers=headers, stream=True,
+                                                timeout=(min(source.timeout, 10.0), read_timeout))
+            except requests.TooManyRedirects as e:
+                raise fail(f"too many redirects (more than {MAX_REDIRECTS})") from e
+            except requests.exceptions.InvalidSchema as e:
+                raise fail(f"redirected to a URL that is not http(s): {_target(e)}") from e
+            except (requests.exceptions.MissingSchema, requests.exceptions.InvalidURL) as e:
+                raise fail(f"invalid URL: {e}") from e
+            except requests.exceptions.SSLError as e:
+                raise fail(f"TLS error: {_reason(e)}") from e
+            except requests.Timeout as e:
+                raise fail(f"timed out after {source.timeout:g}s") from e
+            except requests.ConnectionError as e:
+                raise fail(f"cannot connect: {_reason(e)}") from e
+            except requests.RequestException as e:
+                raise fail(f"request failed: {_reason(e)}") from e
+            with response:
+                return self._read_response(source, url, response, deadline, fail)
+
+    def _read_response(self, source: Source, url: str, response: requests.Response,
+                       deadline: float, fail) -> FetchResult:  # noqa: ANN001
+        status = response.status_code
+        final_url = response.url or url
+        permanent = _permanent_target(response, url)
+        lower = {k.lower(): v for k, v in response.headers.items()}
+        if status == 304:
+            return FetchResult(status="not_modified", url=final_url, headers=lower,
+                               http_status=304, etag=lower.get("etag"),
+                               last_modified=lower.get("last-modified"),
+                               permanent_url=permanent, max_age=_max_age(lower))
+        if status == 410:
+            raise fail("gone (HTTP 410): the source is disabled until its URL changes",
+                       status=410, gone=True)
+        if status in (429, 503):
+            wait = retry_after(lower.get("retry-after"), datetime.now(UTC))
+            hint = f", retry after {int(wait.total_seconds())}s" if wait else ""
+            raise fail(f"HTTP {status} {response.reason or ''}".rstrip() + hint, status=status,
+                       retry_after=wait)
+        if status >= 400 or status < 200:
+            raise fail(f"HTTP {status} {response.reason or ''}".rstrip(), status=status)
+        if status == 204 or status >= 300:  # a 3xx here is a redirect without a Location
+            raise fail(f"HTTP {status}: no feed in the answer", status=status)
+        length = lower.get("content-length", "")
+        if length.isdigit() and int(length) > source.max_bytes and "content-encoding" not in lower:
+            raise fail(f"too large: {int(length)} bytes, max_bytes is {source.max_bytes}")
+        chunks: list[bytes] = []
+        total = 0
+        try:
+            while True:
+                if self.stop.is_set():
+                    raise fail("interrupted: shutting down")
+                if time.monotonic() > deadline:
+                    raise fail(f"timed out after {source.timeout:g}s (body still arriving)")
+                chunk = response.raw.read1(CHUNK, decode_content=True)
+                if not chunk:
+                    break
+                total += len(chunk)
+                if total > source.max_bytes:
+                    raise fail(f"too large: more than max_bytes ({source.max_bytes} bytes)")
+                chunks.append(chunk)
+        except FetchError:
+            raise
+        except (requests.RequestException, OSError, ValueError) as e:
+            raise fail(f"connection broke while reading: {_reason(e)}") from e
+        except Exception as e:  # urllib3 raises its own types (DecodeError, ProtocolError...)
+            if "timed out" in str(e).lower():
+                raise fail(f"timed out after {source.timeout:g}s") from e
+            raise fail(f"bad response body: {_reason(e)}") from e
+        return FetchResult(
+            status="ok", url=final_url, body=b"".join(chunks), headers=lower, http_status=status,
+            etag=lower.get("etag"), last_modified=lower.get("last-modified"),
+            permanent_url=permanent, max_age=_max_age(lower),
+        )
+
+
+def fetch_file(source: Source, url: str, state: HttpState) -> FetchResult:
+    """A local feed; its (mtime, size) plays the part of Last-Modified."""
+    parts = urlsplit(url)
+    if parts.netloc not in ("", "localhost"):
+        raise FetchError(f"file: URL with a host ({parts.netloc}) is not supported",
+                         source_id=source.id, url=url)
+    path = Path(url2pathname(unquote(parts.path)))
+    try:
+        stat = path.stat()
+        stamp = f"file:{stat.st_mtime_ns}:{stat.st_size}"
+        if state.last_modified == stamp:
+            return FetchResult(status="not_modified", url=url, last_modified=stamp)
+        if stat.st_size > source.max_bytes:
+            raise FetchError(f"too large: {stat.st_size} bytes, max_bytes is {source.max_bytes}",
+                             source_id=source.id, url=url)
+        with path.open("rb") as f:
+            body = f.read(source.max_bytes + 1)
+    except FileNotFoundError as e:
+        raise FetchError("no such file", source_id=source.id, url=url) from e
+    except IsADirectoryError as e:
+        raise FetchError("is a directory, not a feed file", source_id=source.id, url=url) from e
+    except OSError as e:
+        raise FetchError(f"cannot read: {e.strerror or e}", source_id=source.id, url=url) from e
+    if len(body) > source.max_bytes:
+        raise FetchError(f"too large: more than max_bytes ({source.max_bytes} bytes)",
+                         source_id=source.id, url=url)
+    return FetchResult(status="ok", url=url, body=body, last_modified=stamp)
+
+
+def retry_after(value: str | None, now: datetime) -> timedelta | None:
+    """Retry-After as seconds or an HTTP date -> how long to wait (None if absent/bad)."""
+    if not value:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return timedelta(seconds=int(value))
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=UTC)
+    return max(when - now, timedelta(0))
+
+
+def _max_age(headers: dict[str, str]) -> timedelta | None:
+    control = headers.get("cache-control", "")
+    if "no-cache" in control.lower() or "no-store" in control.lower():
+        return None
+    match = _MAX_AGE.search(control)
+    if not match:
+        return None
+    return timedelta(seconds=min(int(match.group(1)), 86400))
+
+
+def _permanent_target(response: requests.Response, url: str) -> str | None:
+    """Where a chain of *permanent* redirects (301/308) from url leads, if it starts with one."""
+    target = None
+    for i, hop in enumerate(response.history):
+        if hop.status_code not in (301, 308):
+            break
+        nxt = response.history[i + 1].url if i + 1 < len(response.history) else response.url
+        target = nxt
+    return target if target and target != url else None
+
+
+def _target(e: Exception) -> str:
+    match = re.search(r"for '?([^'\s]+)", str(e))
+    return match.group(1) if match else str(e)
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e)
+    for pattern in (r"\[Errno -?\d+\] ([^'\")]+)", r"Failed to establish a new connection: (.+?)'\)",
+                    r"Caused by (\w+\(.*?\))"):
+        match = re.search(pattern, text)
+        if match:
+            return match.group(1).strip().rstrip(")'\"")
+    return " ".join(text.split())[:200] or type(e).__name__
+

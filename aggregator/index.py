@@ -1,0 +1,255 @@
+"""The store's derived data, in SQLite under store/.aggregator/index.sqlite.
+
+- ``items``/``keys``: which store file each dedupe key points at, the hash of the
+  bytes we last wrote there (a differing file was edited by a person), how often
+  its content changed, and whether a person deleted it.
+- ``sources``: per-source HTTP and scheduling state (ETag, Last-Modified, the
+  permanent URL after a 301, errors, Retry-After, 410...). Files cannot tell this,
+  so ``reindex`` keeps it, and keeps the record of deleted items.
+- ``files``: publish's cache of parsed store files keyed by (mtime, size).
+- ``outputs``: publish's signature of each feed, to rewrite only changed feeds.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from pathlib import Path
+
+from aggregator.errors import StoreError
+
+SCHEMA_VERSION = 1
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS items (
+    path TEXT PRIMARY KEY,
+    source TEXT,
+    written_hash TEXT,          -- sha256 of the bytes we last wrote; NULL: never ours
+    updates INTEGER NOT NULL DEFAULT 0, -- content changes applied (capped, SPEC §3)
+    deleted INTEGER NOT NULL DEFAULT 0
+);
+CREATE TABLE IF NOT EXISTS keys (
+    key TEXT PRIMARY KEY,
+    path TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS keys_path ON keys(path);
+CREATE TABLE IF NOT EXISTS item_sources (
+    path TEXT NOT NULL,
+    source TEXT NOT NULL,
+    content_hash TEXT,          -- hash of this source's entry when last applied
+    PRIMARY KEY (path, source)
+);
+CREATE TABLE IF NOT EXISTS sources (
+    id TEXT PRIMARY KEY,
+    state TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS files (
+    path TEXT PRIMARY KEY,
+    mtime_ns INTEGER NOT NULL,
+    size INTEGER NOT NULL,
+    data TEXT,                  -- JSON of the parsed item and its rendered HTML
+    error TEXT                  -- why the file is broken, if it is
+);
+CREATE TABLE IF NOT EXISTS outputs (
+    feed TEXT PRIMARY KEY,
+    signature TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS meta (
+    key TEXT PRIMARY KEY,
+    value TEXT
+);
+"""
+
+
+@dataclass(frozen=True)
+class SourceState:
+    """Everything we remember about a source between polls. Times are ISO strings."""
+
+    url: str | None = None  # the configured URL this state belongs to
+    etag: str | None = None
+    last_modified: str | None = None
+    permanent_url: str | None = None
+    last_poll: str | None = None
+    last_status: str | None = None
+    last_error: str | None = None
+    error_count: int = 0
+    retry_until: str | None = None  # 429/503 Retry-After
+    backoff_until: str | None = None  # exponential backoff after errors
+    gone: bool = False  # 410: disabled until the configured URL changes
+    min_interval: float | None = None  # seconds: the feed's ttl / max-age
+    next_poll: str | None = None
+    last_new: int = 0
+    last_updated: int = 0
+    title: str | None = None
+
+    @staticmethod
+    def from_json(text: str | None) -> SourceState:
+        if not text:
+            return SourceState()
+        data = json.loads(text)
+        names = {f.name for f in fields(SourceState)}
+        return SourceState(**{k: v for k, v in data.items() if k in names})
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+
+
+@dataclass(frozen=True)
+class ItemRecord:
+    path: str
+    source: str | None
+    written_hash: str | None
+    updates: int
+    deleted: bool
+
+
+class Index:
+    """A thin, thread-safe layer over the SQLite file. One connection, one lock."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, timeout=60, check_same_thread=False,
+                                       isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(SCHEMA)
+        except (sqlite3.Error, OSError) as e:
+            raise StoreError(f"cannot open the index: {e}", path=path) from e
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            else:
+                self._db.execute("COMMIT")
+
+    def _query(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
+        with self._lock:
+            return self._db.execute(sql, tuple(params)).fetchall()
+
+    # -- dedupe keys and items -------------------------------------------------------
+    def find(self, keys: Iterable[str]) -> str | None:
+        """The path of the first key (in the given order) the index knows."""
+        for key in keys:
+            rows = self._query("SELECT path FROM keys WHERE key = ?", (key,))
+            if rows:
+                return rows[0][0]
+        return None
+
+    def item(self, path: str) -> ItemRecord | None:
+        rows = self._query("SELECT path, source, written_hash, updates, deleted "
+                           "FROM items WHERE path = ?", (path,))
+        if not rows:
+            return None
+        p, source, written, updates, deleted = rows[0]
+        return ItemRecord(p, source, written, updates, bool(deleted))
+
+    def source_content_hash(self, path: str, source_id: str) -> str | None:
+        """The hash of source_id's entry when last applied to path ('' if listed, no hash)."""
+        rows = self._query("SELECT content_hash FROM item_sources WHERE path = ? AND source = ?",
+                           (path, source_id))
+        return (rows[0][0] or "") if rows else None
+
+    def sources_of(self, path: str) -> list[str]:
+        return [s for (s,) in self._query("SELECT source FROM item_sources WHERE path = ? "
+                                           "ORDER BY rowid", (path,))]
+
+    def path_taken(self, path: str) -> bool:
+        return bool(self._query("SELECT 1 FROM items WHERE path = ?", (path,)))
+
+    def record_item(self, db: sqlite3.Connection, record: ItemRecord, keys: Iterable[str],
+                    source_hashes: dict[str, str | None]) -> None:
+        """Insert or update an item, the keys it is known by and the sources listing it."""
+        db.execute(
+            "INSERT INTO items(path, source, written_hash, updates, deleted) "
+            "VALUES (?, ?, ?, ?, ?) ON CONFLICT(path) DO UPDATE SET source=excluded.source, "
+            "written_hash=excluded.written_hash, updates=excluded.updates, "
+            "deleted=excluded.deleted",
+            (record.path, record.source, record.written_hash, record.updates,
+             int(record.deleted)))
+        db.executemany("INSERT OR IGNORE INTO keys(key, path) VALUES (?, ?)",
+                       [(k, record.path) for k in keys])
+        for source, chash in source_hashes.items():
+            db.execute("INSERT INTO item_sources(path, source, content_hash) VALUES (?, ?, ?) "
+                       "ON CONFLICT(path, source) DO UPDATE SET content_hash = "
+                       "coalesce(excluded.content_hash, item_sources.content_hash)",
+                       (record.path, source, chash))
+
+    def count_items(self, source_id: str | None = None) -> int:
+        if source_id is None:
+            return self._query("SELECT count(*) FROM items WHERE deleted = 0")[0][0]
+        return self._query("SELECT count(*) FROM item_sources s JOIN items i ON i.path = s.path "
+                           "WHERE s.source = ? AND i.deleted = 0", (source_id,))[0][0]
+
+    # -- sources ------------------------------------------------------------------------
+    def source_state(self, source_id: str) -> SourceState:
+        rows = self._query("SELECT state FROM sources WHERE id = ?", (source_id,))
+        return SourceState.from_json(rows[0][0] if rows else None)
+
+    def all_source_states(self) -> dict[str, SourceState]:
+        return {sid: SourceState.from_json(state)
+                for sid, state in self._query("SELECT id, state FROM sources")}
+
+    def save_source_state(self, source_id: str, state: SourceState) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT INTO sources(id, state) VALUES (?, ?) ON CONFLICT(id) DO UPDATE "
+                       "SET state = excluded.state", (source_id, state.to_json()))
+
+    # -- publish caches ------------------------------------------------------------------
+    def cached_files(self) -> dict[str, tuple[int, int, str | None, str | None]]:
+        return {p: (m, s, d, e) for p, m, s, d, e in
+                self._query("SELECT path, mtime_ns, size, data, error FROM files")}
+
+    def save_files(self, rows: Iterable[tuple[str, int, int, str | None, str | None]],
+                   removed: Iterable[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO files(path, mtime_ns, size, data, error) "
+                           "VALUES (?, ?, ?, ?, ?)", list(rows))
+            db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in removed])
+
+    def output_signatures(self) -> dict[str, str]:
+        return dict(self._query("SELECT feed, signature FROM outputs"))
+
+    def save_output_signatures(self, signatures: dict[str, str], removed: Iterable[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO outputs(feed, signature) VALUES (?, ?)",
+                           list(signatures.items()))
+            db.executemany("DELETE FROM outputs WHERE feed = ?", [(f,) for f in removed])
+
+    # -- reindex ---------------------------------------------------------------------------
+    def deleted_items(self) -> list[tuple[ItemRecord, list[str], list[str]]]:
+        out = []
+        for (path,) in self._query("SELECT path FROM items WHERE deleted = 1"):
+            record = self.item(path)
+            assert record is not None
+            keys = [k for (k,) in self._query("SELECT key FROM keys WHERE path = ?", (path,))]
+            out.append((record, keys, self.sources_of(path)))
+        return out
+
+    def written_hashes(self) -> dict[str, tuple[str | None, int]]:
+        return {p: (w, u) for p, w, u in
+                self._query("SELECT path, written_hash, updates FROM items")}
+
+    def clear_items(self, db: sqlite3.Connection) -> None:
+        for table in ("items", "keys", "item_sources", "files", "outputs"):
+            db.execute(f"DELETE FROM {table}")
+
+
+def now_iso(now: datetime) -> str:
+    return now.isoformat(timespec="seconds")

@@ -1,0 +1,101 @@
+"""Pure: one feed entry + its source -> the store Item it becomes (SPEC §3)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+from datetime import datetime, timedelta
+from typing import Any
+from zoneinfo import ZoneInfo
+
+from aggregator.content import (
+    absolute_url,
+    html_to_markdown,
+    markdown_image,
+    markdown_link,
+    plain_text,
+    sanitize_html,
+    shorten,
+    title_from_text,
+)
+from aggregator.dedupe import digest, merge_terms
+from aggregator.model import Entry, Item, ParsedFeed, Site, Source, freeze
+
+SUMMARY_LIMIT = 200
+# Dates more than this far ahead are a publisher's mistake: the item is dated when first seen.
+FUTURE_SLACK = timedelta(days=1)
+EPOCH_FLOOR = datetime(1970, 1, 2).astimezone()
+
+
+def source_title(source: Source, feed: ParsedFeed | None) -> str:
+    return source.title or (feed.title if feed else None) or source.id
+
+
+def passes_filters(source: Source, title: str, summary_text: str) -> bool:
+    """include: keep if any matches (when given); exclude: drop if any matches."""
+    text = f"{title}\n{summary_text}"
+    if source.include and not any(re.search(p, text, re.I) for p in source.include):
+        return False
+    return not any(re.search(p, text, re.I) for p in source.exclude)
+
+
+def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
+               front_matter: Mapping[str, Any], now: datetime) -> Item | None:
+    """The item an entry becomes, or None when it has nothing to store.
+
+    ``now`` dates entries that carry no date (or one in the future); it is an
+    argument so this stays a pure function.
+    """
+    tz = ZoneInfo(site.timezone)
+    clean_html = sanitize_html(entry.content_html, entry.base_url or entry.link)
+    text = plain_text(clean_html)
+    title = entry.title.strip() or title_from_text(text)
+    if not title:
+        title = plain_text(entry.summary_html)[:80] or ""
+    if not (entry.entry_id or entry.link or title or text):
+        return None
+    if not title:
+        title = entry.link or entry.entry_id or "untitled"
+    summary_source = plain_text(sanitize_html(entry.summary_html)) if entry.summary_html else text
+    summary = shorten(summary_source or text, SUMMARY_LIMIT)
+
+    date = entry.published or entry.updated
+    if date is None or date > now + FUTURE_SLACK:
+        date = now
+    elif date < EPOCH_FLOOR:
+        date = EPOCH_FLOOR
+    date = date.astimezone(tz).replace(microsecond=0)
+
+    thumbnail = absolute_url(entry.thumbnail, entry.base_url) if entry.thumbnail else None
+    body = html_to_markdown(clean_html)
+    if thumbnail and thumbnail not in body:
+        body = markdown_image(title, thumbnail) + ("\n\n" + body if body else "")
+    if entry.link:
+        body = (body + "\n\n" if body else "") + markdown_link(source_title(source, feed),
+                                                              entry.link)
+    guid = entry.entry_id or entry.link or f"urn:aggregator:{digest(source.id, title, text)}"
+    lang = source.lang or feed.language or site.language
+    return Item(
+        title=title,
+        date=date,
+        summary=summary,
+        categories=merge_terms((), source.categories),
+        lang=(_lang_tag(lang),),
+        tags=merge_terms(source.tags, entry.categories),
+        thumbnail=thumbnail,
+        author=entry.author or None,
+        link=entry.link,
+        source=source.id,
+        guid=guid,
+        extra=freeze(front_matter),
+        body=body + "\n",
+    )
+
+
+def _lang_tag(lang: str) -> str:
+    """'zh-cn' -> 'zh-CN': the BCP 47 spelling Hugo sites use."""
+    parts = lang.strip().replace("_", "-").split("-")
+    if len(parts) >= 2 and len(parts[1]) == 2:
+        parts[1] = parts[1].upper()
+    parts[0] = parts[0].lower()
+    return "-".join(parts)

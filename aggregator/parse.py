@@ -1,0 +1,289 @@
+"""Pure: bytes + response headers + URL -> ParsedFeed.
+
+XML feeds (RSS 0.9x/1.0/2.0, Atom 0.3/1.0) go through feedparser with its own
+sanitizing and relative-URI resolution switched off: we sanitize once, with nh3,
+when the entry becomes Markdown, and resolve URLs there. JSON Feed is read here.
+"""
+
+from __future__ import annotations
+
+import calendar
+import json
+import re
+from collections.abc import Mapping
+from datetime import UTC, datetime, timedelta
+from email.utils import parsedate_to_datetime
+from html import escape
+from typing import Any
+from urllib.parse import urljoin
+
+import feedparser
+
+from aggregator.content import absolute_url, first_image, plain_text
+from aggregator.errors import ParseError
+from aggregator.model import Entry, ParsedFeed
+
+# Labels whose real-world content is a superset encoding (the WHATWG Encoding
+# Standard maps them the same way): a "gb2312" feed routinely holds GBK characters.
+ENCODING_SUPERSETS = {
+    "gb2312": "gb18030", "gbk": "gb18030", "x-gbk": "gb18030", "gb_2312-80": "gb18030",
+    "csgb2312": "gb18030", "euc-cn": "gb18030", "chinese": "gb18030", "iso-ir-58": "gb18030",
+    "big5": "big5hkscs", "x-big5": "big5hkscs", "cn-big5": "big5hkscs", "csbig5": "big5hkscs",
+    "shift_jis": "cp932", "shift-jis": "cp932", "sjis": "cp932", "x-sjis": "cp932",
+    "ms_kanji": "cp932", "csshiftjis": "cp932", "windows-31j": "cp932",
+    "euc-kr": "cp949", "ks_c_5601-1987": "cp949", "ksc5601": "cp949", "cseuckr": "cp949",
+    "iso-8859-1": "cp1252", "iso8859-1": "cp1252", "latin1": "cp1252", "latin-1": "cp1252",
+    "l1": "cp1252", "iso_8859-1": "cp1252", "iso-8859-9": "cp1254", "tis-620": "cp874",
+}
+_XML_DECL = re.compile(rb"^(\s*<\?xml[^>]*?encoding\s*=\s*[\"'])([A-Za-z0-9._:-]+)([\"'])")
+_CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:-]+)", re.I)
+_UPDATE_PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 604800, "monthly": 2592000,
+                   "yearly": 31536000}
+_FEED_LINK = re.compile(
+    r"<link\b(?=[^>]*\brel\s*=\s*[\"']?alternate)(?=[^>]*\btype\s*=\s*[\"']?application/"
+    r"(?:rss|atom|feed)\+(?:xml|json))[^>]*\bhref\s*=\s*[\"']?([^\"'\s>]+)", re.I)
+
+
+def parse_feed(body: bytes, headers: Mapping[str, str], url: str, source_id: str = "") -> ParsedFeed:
+    """Parse a feed document; raise ParseError when it is not a feed we can read."""
+    headers = {k.lower(): v for k, v in headers.items()}
+    stripped = body.lstrip(b"\xef\xbb\xbf \t\r\n")
+    if not stripped:
+        raise ParseError("empty response, not a feed", source_id=source_id, url=url)
+    content_type = headers.get("content-type", "").lower()
+    if stripped[:1] == b"{" or "json" in content_type:
+        return parse_json_feed(stripped, url, source_id)
+    return _parse_xml(body, headers, url, source_id)
+
+
+def _parse_xml(body: bytes, headers: dict[str, str], url: str, source_id: str) -> ParsedFeed:
+    body, headers = _normalize_encoding(body, headers)
+    headers.setdefault("content-location", url)
+    headers.setdefault("content-type", "application/xml")  # local files: let the document decide
+    try:
+        parsed = feedparser.parse(body, response_headers=headers, sanitize_html=False,
+                                  resolve_relative_uris=False)
+    except Exception as e:  # feedparser is meant not to raise; wrap anything that does
+        raise ParseError(f"cannot parse: {type(e).__name__}: {e}", source_id=source_id,
+                         url=url) from e
+    if not parsed.entries and (parsed.bozo or not parsed.version):
+        raise ParseError(_not_a_feed(body, parsed), source_id=source_id, url=url)
+    feed = parsed.feed
+    base = feed.get("link") if absolute_url(feed.get("link"), None) else url
+    warning = None
+    if parsed.bozo:
+        warning = f"ill-formed feed, read anyway: {_bozo_text(parsed.bozo_exception)}"
+    entries = tuple(_xml_entry(e, base) for e in parsed.entries)
+    return ParsedFeed(
+        title=plain_text(feed.get("title", "")) or None,
+        link=absolute_url(feed.get("link"), url),
+        language=(feed.get("language") or "").strip() or None,
+        entries=entries,
+        warning=warning,
+        min_interval=_feed_min_interval(feed),
+    )
+
+
+def _normalize_encoding(body: bytes, headers: dict[str, str]) -> tuple[bytes, dict[str, str]]:
+    """Decode legacy encodings by their superset, hand feedparser UTF-8 bytes."""
+    content_type = headers.get("content-type", "")
+    http_charset = _CHARSET.search(content_type)
+    media_type = content_type.split(";")[0].strip().lower()
+    if media_type.startswith("text/") and not http_charset:
+        # RFC 3023 says text/xml without charset is US-ASCII whatever the document says;
+        # no feed author means that, so let the XML declaration decide.
+        headers["content-type"] = "application/xml"
+    declared = http_charset.group(1) if http_charset else None
+    decl = _XML_DECL.match(body[:200])
+    if declared is None and decl:
+        declared = decl.group(2).decode("ascii")
+    superset = ENCODING_SUPERSETS.get((declared or "").lower())
+    if not superset or body.startswith((b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")):
+        return body, headers
+    text = body.decode(superset, errors="replace")
+    utf8 = text.encode("utf-8")
+    if decl:
+        utf8 = _XML_DECL.sub(rb"\1utf-8\3", utf8, count=1)
+    headers["content-type"] = (media_type if media_type and not media_type.startswith("text/")
+                               else "application/xml") + "; charset=utf-8"
+    return utf8, headers
+
+
+def _not_a_feed(body: bytes, parsed: Any) -> str:
+    head = body[:4096].decode("utf-8", "replace").lower()
+    if "<html" in head or "<!doctype html" in head:
+        match = _FEED_LINK.search(body[:65536].decode("utf-8", "replace"))
+        if match:
+            return f"not a feed but an HTML page; it links to a feed at {match.group(1)}"
+        return "not a feed but an HTML page"
+    if parsed.bozo:
+        return f"not a feed: {_bozo_text(parsed.bozo_exception)}"
+    return "not a feed: no RSS, Atom or JSON Feed document found"
+
+
+def _bozo_text(exc: Any) -> str:
+    text = " ".join(str(exc).split())
+    return text[:200] or type(exc).__name__
+
+
+def _feed_min_interval(feed: Mapping[str, Any]) -> timedelta | None:
+    seconds: list[float] = []
+    ttl = str(feed.get("ttl", "")).strip()
+    if ttl.isdigit() and int(ttl) > 0:
+        seconds.append(int(ttl) * 60)
+    period = str(feed.get("sy_updateperiod", "")).strip().lower()
+    if period in _UPDATE_PERIODS:
+        freq = str(feed.get("sy_updatefrequency", "1")).strip()
+        frequency = int(freq) if freq.isdigit() and int(freq) > 0 else 1
+        seconds.append(_UPDATE_PERIODS[period] / frequency)
+    # A feed asking for more than a day is almost always a mistake; cap what we honour.
+    return timedelta(seconds=min(max(seconds), 86400)) if seconds else None
+
+
+def _struct_to_datetime(value: Any) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromtimestamp(calendar.timegm(value), tz=UTC)
+    except (OverflowError, ValueError, OSError, TypeError):
+        return None
+
+
+def _xml_entry(e: Mapping[str, Any], feed_base: str) -> Entry:
+    link = absolute_url(e.get("link"), feed_base)
+    contents = [c for c in e.get("content", []) if c.get("value")]
+    html_contents = [c for c in contents if "html" in (c.get("type") or "")]
+    content = max(html_contents or contents, key=lambda c: len(c["value"]), default=None)
+    summary_detail = e.get("summary_detail") or {}
+    summary = e.get("summary", "") or ""
+    if summary and "html" not in (summary_detail.get("type") or "text/html"):
+        summary = escape(summary)
+    if content is not None:
+        content_html = content["value"]
+        if "html" not in (content.get("type") or "text/html"):
+            content_html = "<p>" + escape(content_html).replace("\n\n", "</p><p>") + "</p>"
+        base = content.get("base") or link or feed_base
+    else:
+        content_html = summary
+        base = summary_detail.get("base") or link or feed_base
+    if not absolute_url(base, None):
+        base = link or feed_base
+    title = e.get("title", "") or ""
+    title_type = (e.get("title_detail") or {}).get("type") or "text/plain"
+    title = plain_text(title) if "html" in title_type else " ".join(title.split())
+    categories: list[str] = []
+    for tag in e.get("tags", []) or []:
+        term = (tag.get("term") or "").strip()
+        label = (tag.get("label") or "").strip()
+        name = label if (label and (not term or "://" in term)) else term
+        for part in ([name] if "," not in name or len(name) > 60 else name.split(",")):
+            part = " ".join(part.split())
+            if part and part not in categories:
+                categories.append(part)
+    author = (e.get("author_detail") or {}).get("name") or e.get("author")
+    return Entry(
+        entry_id=(e.get("id") or "").strip() or None,
+        link=link,
+        title=title,
+        content_html=content_html or "",
+        summary_html=summary if content is not None else "",
+        published=_struct_to_datetime(e.get("published_parsed")),
+        updated=_struct_to_datetime(e.get("updated_parsed")),
+        author=plain_text(author) if author else None,
+        categories=tuple(categories),
+        thumbnail=_thumbnail(e, content_html, base),
+        base_url=base or "",
+    )
+
+
+def _thumbnail(e: Mapping[str, Any], content_html: str, base: str) -> str | None:
+    for thumb in e.get("media_thumbnail", []) or []:
+        if url := absolute_url(thumb.get("url"), base):
+            return url
+    for media in e.get("media_content", []) or []:
+        kind = (media.get("medium") or media.get("type") or "").lower()
+        if kind.startswith("image") and (url := absolute_url(media.get("url"), base)):
+            return url
+    for link in e.get("links", []) or []:
+        if link.get("rel") == "enclosure" and (link.get("type") or "").startswith("image/"):
+            if url := absolute_url(link.get("href"), base):
+                return url
+    return absolute_url(first_image(content_html), base)
+
+
+def parse_json_feed(body: bytes, url: str, source_id: str = "") -> ParsedFeed:
+    """JSON Feed 1.0 / 1.1 (https://www.jsonfeed.org/version/1.1/)."""
+    try:
+        doc = json.loads(body.decode("utf-8-sig"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ParseError(f"not a feed: invalid JSON: {e}", source_id=source_id, url=url) from e
+    if not isinstance(doc, dict) or not str(doc.get("version", "")).startswith(
+            "https://jsonfeed.org/version/"):
+        raise ParseError("not a feed: JSON without a jsonfeed.org version", source_id=source_id,
+                         url=url)
+    items = doc.get("items")
+    if not isinstance(items, list):
+        raise ParseError("not a feed: JSON Feed without an items list", source_id=source_id,
+                         url=url)
+    base = _text(doc.get("home_page_url")) or url
+    entries = tuple(_json_entry(i, base) for i in items if isinstance(i, dict))
+    return ParsedFeed(
+        title=_text(doc.get("title")) or None,
+        link=absolute_url(_text(doc.get("home_page_url")), url),
+        language=_text(doc.get("language")) or None,
+        entries=entries,
+    )
+
+
+def _text(value: Any) -> str:
+    return str(value).strip() if isinstance(value, str | int | float) and value is not True else ""
+
+
+def _json_date(value: Any) -> datetime | None:
+    text = _text(value)
+    if not text:
+        return None
+    try:
+        parsed = datetime.fromisoformat(text.replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            parsed = parsedate_to_datetime(text)
+        except (TypeError, ValueError):
+            return None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _json_entry(item: Mapping[str, Any], base: str) -> Entry:
+    link = absolute_url(_text(item.get("url")) or _text(item.get("external_url")), base)
+    content_html = _text(item.get("content_html"))
+    if not content_html and _text(item.get("content_text")):
+        paragraphs = _text(item.get("content_text")).split("\n\n")
+        content_html = "".join(f"<p>{escape(p)}</p>" for p in paragraphs)
+    summary = escape(_text(item.get("summary")))
+    authors = item.get("authors") or ([item["author"]] if isinstance(item.get("author"), dict)
+                                      else [])
+    author = next((_text(a.get("name")) for a in authors
+                   if isinstance(a, dict) and _text(a.get("name"))), None)
+    tags = item.get("tags") if isinstance(item.get("tags"), list) else []
+    categories = tuple(dict.fromkeys(" ".join(_text(t).split()) for t in tags if _text(t)))
+    entry_base = link or base
+    image = _text(item.get("image")) or _text(item.get("banner_image"))
+    return Entry(
+        entry_id=_text(item.get("id")) or None,
+        link=link,
+        title=" ".join(_text(item.get("title")).split()),
+        content_html=content_html or summary,
+        summary_html=summary if content_html else "",
+        published=_json_date(item.get("date_published")),
+        updated=_json_date(item.get("date_modified")),
+        author=author,
+        categories=categories,
+        thumbnail=absolute_url(image, entry_base) or absolute_url(first_image(content_html),
+                                                                  entry_base),
+        base_url=entry_base,
+    )
+
+
+def discover_feed_links(html_text: str, page_url: str) -> list[str]:
+    """Feed URLs an HTML page announces with <link rel="alternate" type=...>."""
+    return [urljoin(page_url, m.group(1)) for m in _FEED_LINK.finditer(html_text)]

@@ -1,0 +1,377 @@
+"""The whole flow, shared by the CLI and the daemon.
+
+    poll:     for each source (a bounded pool, at most 2 requests per host):
+                  skip?   schedule.skip_reason(source, state, now)   disabled/410/Retry-After/backoff
+                  fetch   fetch.Fetcher.fetch(source, http_state)  -> FetchResult (200 or 304)
+                  parse   parse.parse_feed(bytes, headers, url)    -> ParsedFeed(entries)
+                  build   items.build_item(entry, source, ...)      -> Item     (pure)
+                  dedupe  dedupe.entry_keys + index.find            -> new | same | changed
+                  store   store.write (atomic) + index.record_item  under the write lock
+                  state   index.save_source_state                   (ETag, 301, errors...)
+    publish:  publish.publish(workspace)                            only feeds whose items changed
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
+from datetime import datetime
+
+from aggregator.dedupe import (
+    MAX_CONTENT_UPDATES,
+    add_source,
+    apply_update,
+    content_hash,
+    entry_keys,
+    normalize_link,
+)
+from aggregator.errors import AggregatorError, FetchError, SourceError, StoreError
+from aggregator.fetch import Fetcher
+from aggregator.index import Index, ItemRecord, SourceState, now_iso
+from aggregator.items import build_item, passes_filters
+from aggregator.lock import WriteLock
+from aggregator.model import (
+    Config,
+    FetchResult,
+    HttpState,
+    Item,
+    ParsedFeed,
+    Source,
+    SourceReport,
+)
+from aggregator.parse import parse_feed
+from aggregator.schedule import after_error, is_gone, skip_reason
+from aggregator.store import Store, file_hash, item_path, read_item, render_item, sweep_temp_files
+
+log = logging.getLogger("aggregator")
+Clock = Callable[[], datetime]
+
+
+class Workspace:
+    """A config with its store, index and write lock opened; close() when done."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.store = Store(config.store_dir, config.site.timezone)
+        self.index = Index(self.store.meta_dir / "index.sqlite")
+        self.write_lock = WriteLock(self.store.meta_dir / "write.lock")
+
+    def close(self) -> None:
+        self.index.close()
+
+    def __enter__(self) -> Workspace:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+@dataclass(frozen=True)
+class ApplyResult:
+    new: int = 0
+    updated: int = 0
+    skipped: int = 0
+
+
+# -- polling ------------------------------------------------------------------------------
+def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fetcher | None = None,
+         force: bool = False, workers: int = 16,
+         on_report: Callable[[SourceReport], None] | None = None) -> list[SourceReport]:
+    """Poll the given sources once, now; one report per source, in the given order.
+
+    Fetching and parsing run concurrently; storing runs here, one source at a time
+    in config order, so which source first stores a shared item does not depend on
+    which server answered first.
+    """
+    sources = list(sources)
+    fetcher = fetcher or Fetcher()
+    with ws.write_lock.held():
+        sweep_temp_files(ws.store.tmp_dir)
+    if not sources:
+        return []
+    reports: list[SourceReport] = []
+    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(sources))),
+                            thread_name_prefix="poll") as pool:
+        futures = [pool.submit(fetch_stage, ws, s, clock, fetcher, force) for s in sources]
+        for source, future in zip(sources, futures, strict=True):
+            report = store_stage(ws, source, future.result())
+            reports.append(report)
+            if on_report:
+                on_report(report)
+    return reports
+
+
+def poll_source(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher, *,
+                force: bool = False) -> SourceReport:
+    """Fetch, parse and store one source (the daemon's job); never raises for the source."""
+    return store_stage(ws, source, fetch_stage(ws, source, clock, fetcher, force))
+
+
+@dataclass(frozen=True)
+class Fetched:
+    """What the network half of a poll hands the storing half."""
+
+    now: datetime
+    started: float
+    state: SourceState
+    report: SourceReport | None = None  # set when there is nothing to store
+    result: FetchResult | None = None
+    parsed: ParsedFeed | None = None
+
+
+def fetch_stage(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher,
+                force: bool = False) -> Fetched:
+    started = time.monotonic()
+    now = clock()
+    state = ws.index.source_state(source.id)
+    if state.url not in (None, source.url):
+        # feeds.yaml points the source elsewhere: forget the old URL's HTTP state.
+        state = SourceState(url=source.url, title=state.title)
+    reason = skip_reason(source, state, now)
+    if reason and not (force and source.enabled and not is_gone(source, state)):
+        return Fetched(now, started, state, SourceReport(source.id, "skipped", error=reason))
+    http = HttpState(etag=state.etag, last_modified=state.last_modified,
+                     permanent_url=state.permanent_url)
+    try:
+        result = fetcher.fetch(source, http)
+        if result.status == "not_modified":
+            return Fetched(now, started, state, result=result)
+        parsed = parse_feed(result.body, result.headers, result.url, source.id)
+    except SourceError as e:
+        return Fetched(now, started, _error_state(source, state, now, e),
+                       SourceReport(source.id, "error", error=f"{e.detail} ({e.url})"))
+    except Exception as e:  # a bug must not stop the other sources; say so loudly
+        log.exception("%s: internal error while fetching %s", source.id, source.url)
+        return Fetched(now, started, state, SourceReport(
+            source.id, "error", error=f"internal error: {type(e).__name__}: {e}"))
+    return Fetched(now, started, state, result=result, parsed=parsed)
+
+
+def _error_state(source: Source, state: SourceState, now: datetime,
+                 e: AggregatorError) -> SourceState:
+    changes = after_error(state, now, is_http=source.is_http,
+                          retry_after=getattr(e, "retry_after", None),
+                          gone=isinstance(e, FetchError) and e.gone)
+    return replace(state, url=source.url, last_poll=now_iso(now), last_status="error",
+                   last_error=str(e), **changes)  # type: ignore[arg-type]
+
+
+def store_stage(ws: Workspace, source: Source, fetched: Fetched) -> SourceReport:
+    now, state, result, parsed = fetched.now, fetched.state, fetched.result, fetched.parsed
+    elapsed = time.monotonic() - fetched.started
+    if fetched.report is not None:
+        if fetched.report.status == "error":
+            ws.index.save_source_state(source.id, state)
+        return replace(fetched.report, seconds=elapsed)
+    assert result is not None
+    if result.status == "not_modified":
+        state = replace(state, url=source.url, last_poll=now_iso(now),
+                        last_status="not_modified", last_error=None, error_count=0,
+                        backoff_until=None, retry_until=None, gone=False,
+                        etag=result.etag or state.etag,
+                        last_modified=result.last_modified or state.last_modified,
+                        permanent_url=result.permanent_url or state.permanent_url,
+                        min_interval=_seconds(result.max_age) or state.min_interval)
+        ws.index.save_source_state(source.id, state)
+        return SourceReport(source.id, "not_modified", seconds=elapsed)
+    assert parsed is not None
+    if parsed.warning:
+        log.warning("%s: %s (%s)", source.id, parsed.warning, result.url)
+    try:
+        applied = apply_feed(ws, source, parsed, now)
+    except StoreError as e:
+        ws.index.save_source_state(source.id, _error_state(source, state, now, e))
+        return SourceReport(source.id, "error", error=str(e), seconds=elapsed)
+    except Exception as e:  # noqa: BLE001 - as above: report, keep going
+        log.exception("%s: internal error while storing", source.id)
+        return SourceReport(source.id, "error", error=f"internal error: {type(e).__name__}: {e}",
+                            seconds=elapsed)
+    min_interval = max(_seconds(parsed.min_interval) or 0, _seconds(result.max_age) or 0)
+    state = replace(state, url=source.url, last_poll=now_iso(now), last_status="ok",
+                    last_error=None, error_count=0, backoff_until=None, retry_until=None,
+                    gone=False, etag=result.etag, last_modified=result.last_modified,
+                    permanent_url=result.permanent_url or (
+                        state.permanent_url if result.url == state.permanent_url else None),
+                    min_interval=min_interval or None, title=parsed.title,
+                    last_new=applied.new, last_updated=applied.updated)
+    ws.index.save_source_state(source.id, state)
+    return SourceReport(source.id, "ok", new=applied.new, updated=applied.updated,
+                        seconds=time.monotonic() - fetched.started, warning=parsed.warning)
+
+
+def _seconds(delta: object) -> float | None:
+    return delta.total_seconds() if delta is not None else None  # type: ignore[attr-defined]
+
+
+# -- storing --------------------------------------------------------------------------------
+def apply_feed(ws: Workspace, source: Source, parsed: ParsedFeed, now: datetime) -> ApplyResult:
+    """Dedupe a parsed feed's entries into the store (SPEC §3)."""
+    config = ws.config
+    candidates: list[tuple[Item, list[str], bool]] = []
+    skipped = 0
+    for entry in parsed.entries:
+        item = build_item(entry, source, parsed, config.site, config.front_matter, now)
+        if item is None:
+            log.warning("%s: skipped an entry with no id, link, title or text", source.id)
+            skipped += 1
+            continue
+        if not passes_filters(source, item.title, item.summary):
+            continue
+        keys = entry_keys(source.id, entry.entry_id, entry.link, item.title, item.body,
+                          entry.published or entry.updated)
+        candidates.append((item, keys, (entry.published or entry.updated) is not None))
+    new = updated = 0
+    with ws.write_lock.held():
+        for item, keys, dated in candidates:
+            outcome = _apply_item(ws, source, item, keys, dated, now)
+            new += outcome == "new"
+            updated += outcome == "updated"
+    return ApplyResult(new=new, updated=updated, skipped=skipped)
+
+
+def _apply_item(ws: Workspace, source: Source, item: Item, keys: list[str], dated: bool,
+                now: datetime) -> str:
+    """Store one item: 'new', 'updated' or 'same'. Caller holds the write lock."""
+    index, store = ws.index, ws.store
+    chash = content_hash(item)
+    path = index.find(keys)
+    if path is None:
+        path = _new_path(ws, source, item, keys, dated)
+        if path is None:  # a file of ours from a run killed before its index commit
+            path = index.find(keys)
+            assert path is not None
+        else:
+            data = render_item(item).encode("utf-8")
+            store.write(path, data)
+            with index.transaction() as db:
+                index.record_item(db, ItemRecord(path, source.id, file_hash(data), 0, False),
+                                  keys, {source.id: chash})
+            return "new"
+    record = index.item(path)
+    if record is None:
+        return "same"
+    if record.deleted or index.source_content_hash(path, source.id) == chash:
+        with index.transaction() as db:  # remember new keys (a rotated guid) for next time
+            index.record_item(db, record, keys, {})
+        return "same"
+    on_disk = store.read_bytes(path)
+    if on_disk is None or record.written_hash is None or file_hash(on_disk) != record.written_hash:
+        # Deleted or edited by a person (or never ours): the file is theirs now.
+        gone = on_disk is None and record.written_hash is not None
+        with index.transaction() as db:
+            index.record_item(db, replace(record, deleted=record.deleted or gone), keys,
+                              {source.id: chash})
+        return "same"
+    try:
+        old = read_item(on_disk.decode("utf-8"), store.tz, path)
+    except (ValueError, UnicodeDecodeError):
+        return "same"
+    updates = record.updates
+    primary = (old.source or record.source) == source.id
+    merged = old
+    if primary and updates < MAX_CONTENT_UPDATES and content_hash(old) != chash:
+        merged = apply_update(old, item, now)
+        updates += 1
+    merged = add_source(merged, source.id, item.tags, item.categories)
+    if merged.sources == (source.id,):
+        merged = replace(merged, sources=())
+    data = render_item(merged).encode("utf-8")
+    changed = data != on_disk
+    if changed:
+        store.write(path, data)
+    with index.transaction() as db:
+        index.record_item(db, replace(record, written_hash=file_hash(data), updates=updates),
+                          keys, {source.id: chash})
+    return "updated" if changed else "same"
+
+
+def _new_path(ws: Workspace, source: Source, item: Item, keys: list[str], dated: bool) -> str | None:
+    """A free path for a new item, or None after adopting a file a killed run left."""
+    base = item_path(source.id, item, keys[0], dated)
+    candidate = base
+    for n in range(2, 1000):
+        if not ws.index.path_taken(candidate):
+            data = ws.store.read_bytes(candidate)
+            if data is None:
+                return candidate
+            if _same_item(ws, data, item):
+                with ws.index.transaction() as db:
+                    ws.index.record_item(db, ItemRecord(candidate, source.id, file_hash(data), 0,
+                                                        False), keys, {source.id: None})
+                return None
+        candidate = base[:-3] + f"-{n}.md"
+    raise StoreError("no free file name for the item", path=base)
+
+
+def _same_item(ws: Workspace, data: bytes, item: Item) -> bool:
+    try:
+        existing = read_item(data.decode("utf-8"), ws.store.tz)
+    except (ValueError, UnicodeDecodeError):
+        return False
+    if existing.guid and existing.guid == item.guid and existing.source == item.source:
+        return True
+    return bool(existing.link and item.link
+                and normalize_link(existing.link) == normalize_link(item.link))
+
+
+# -- reindex ----------------------------------------------------------------------------------
+def reindex(ws: Workspace) -> tuple[int, list[StoreError]]:
+    """Rebuild items and keys from the files; keep HTTP state and deleted-item records."""
+    problems: list[StoreError] = []
+    count = 0
+    with ws.write_lock.held():
+        sweep_temp_files(ws.store.tmp_dir)
+        deleted = ws.index.deleted_items()
+        previous = ws.index.written_hashes()
+        with ws.index.transaction() as db:
+            ws.index.clear_items(db)
+            for record, keys, sources in deleted:
+                ws.index.record_item(db, record, keys, dict.fromkeys(sources))
+            for rel, _stat in sorted(ws.store.scan()):
+                try:
+                    item, data = ws.store.load(rel)
+                except StoreError as e:
+                    problems.append(e)
+                    continue
+                written, updates = previous.get(rel, (None, 0))
+                if written is None and item.source and item.guid:
+                    written = file_hash(data)  # ours by its shape: let polls update it again
+                keys = []
+                if item.source and item.guid:
+                    keys.append(f"id:{item.source}\x00{item.guid}")
+                if item.link:
+                    keys.append(f"link:{normalize_link(item.link)}")
+                sources = item.all_sources
+                ws.index.record_item(db, ItemRecord(rel, item.source, written, updates, False),
+                                     keys, dict.fromkeys(sources))
+                count += 1
+    return count, problems
+
+
+def check_store(ws: Workspace) -> tuple[int, list[StoreError]]:
+    """Read every store file; return how many are fine and the broken ones."""
+    good = 0
+    problems: list[StoreError] = []
+    for rel, _stat in sorted(ws.store.scan()):
+        try:
+            ws.store.load(rel)
+            good += 1
+        except StoreError as e:
+            problems.append(e)
+    return good, problems
+
+
+def select_sources(config: Config, ids: Iterable[str]) -> list[Source]:
+    """The enabled sources, or the named ones (any unknown id is a usage error)."""
+    ids = list(ids)
+    if not ids:
+        return [s for s in config.sources if s.enabled]
+    unknown = [i for i in ids if config.source(i) is None]
+    if unknown:
+        known = ", ".join(s.id for s in config.sources) or "none"
+        raise AggregatorError(f"unknown source id {', '.join(unknown)} (known: {known})")
+    return [s for s in (config.source(i) for i in ids) if s is not None]
+

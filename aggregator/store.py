@@ -1,0 +1,334 @@
+"""The Markdown store: one front-matter file per item; atomic writes; safe paths.
+
+Rendering and reading a file are pure (text in, text out); the Store class does
+the disk I/O. Temporary files live in ``store/.aggregator/tmp`` and are renamed
+into place, so a crash (even ``kill -9``) never leaves a half-written item, and
+leftovers of a killed process are swept on the next run.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Iterator, Mapping
+from datetime import date as date_type
+from datetime import datetime, time
+from email.utils import parsedate_to_datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import frontmatter
+import yaml
+
+from aggregator.errors import StoreError
+from aggregator.model import Item, freeze
+
+META_DIR = ".aggregator"
+MAX_NAME_BYTES = 150
+_SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9._-]+$")
+MODELED_KEYS = ("title", "date", "lastmod", "summary", "categories", "lang", "tags",
+                "thumbnail", "author", "link", "source", "guid", "sources")
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+# Characters YAML does not allow raw in a double-quoted scalar, or would fold as line breaks.
+_YAML_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029\ufeff\ufffe\uffff\ud800-\udfff]")
+
+
+# -- rendering ----------------------------------------------------------------------------
+def yaml_quote(text: str) -> str:
+    """A YAML double-quoted scalar (as the seed post writes every string)."""
+    escaped = text.replace("\\", "\\\\").replace('"', '\\"')
+
+    def esc(m: re.Match[str]) -> str:
+        ch = m.group(0)
+        return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch, f"\\u{ord(ch):04x}")
+
+    return '"' + _YAML_UNSAFE.sub(esc, escaped) + '"'
+
+
+def format_date(value: datetime) -> str:
+    return value.isoformat(timespec="seconds")
+
+
+def render_item(item: Item) -> str:
+    """The file text of an item: front matter in the seed's key order, then the body."""
+    lines = ["---", f"title: {yaml_quote(item.title)}", f"date: {yaml_quote(format_date(item.date))}"]
+    if item.lastmod:
+        lines.append(f"lastmod: {yaml_quote(format_date(item.lastmod))}")
+    lines.append(f"summary: {yaml_quote(item.summary)}")
+    for key in ("categories", "lang", "tags"):
+        values: tuple[str, ...] = getattr(item, key)
+        if values:
+            lines.append(f"{key}:")
+            lines.extend(f"  - {yaml_quote(v)}" for v in values)
+        else:
+            lines.append(f"{key}: []")
+    for key in ("thumbnail", "author", "link", "source", "guid"):
+        value = getattr(item, key)
+        if value:
+            lines.append(f"{key}: {yaml_quote(value)}")
+    if len(item.sources) > 1:
+        lines.append("sources:")
+        lines.extend(f"  - {yaml_quote(v)}" for v in item.sources)
+    for key, value in item.extra.items():
+        if key in MODELED_KEYS:
+            continue
+        dumped = yaml.dump({key: value}, Dumper=_YAML_DUMPER, allow_unicode=True,
+                           default_flow_style=False, sort_keys=False, width=1_000_000)
+        lines.append(dumped.rstrip("\n"))
+    lines.append("---")
+    body = item.body.strip("\n")
+    return "\n".join(lines) + "\n\n" + body + "\n" if body else "\n".join(lines) + "\n"
+
+
+# -- reading --------------------------------------------------------------------------------
+def parse_date(value: Any, tz: ZoneInfo) -> datetime | None:
+    """Every date form Hugo reads; a naive one is in the site's time zone."""
+    if isinstance(value, datetime):
+        parsed = value
+    elif isinstance(value, date_type):
+        parsed = datetime.combine(value, time())
+    elif isinstance(value, str) and value.strip():
+        text = value.strip()
+        try:
+            parsed = datetime.fromisoformat(text.replace("Z", "+00:00").replace("z", "+00:00"))
+        except ValueError:
+            try:
+                parsed = parsedate_to_datetime(text)
+            except (TypeError, ValueError, IndexError):
+                return None
+    else:
+        return None
+    return parsed.replace(tzinfo=tz) if parsed.tzinfo is None else parsed
+
+
+def _terms(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if isinstance(value, str | int | float) and not isinstance(value, bool):
+        value = [value]
+    if not isinstance(value, list):
+        raise ValueError("expected a list")
+    out: list[str] = []
+    for v in value:
+        if isinstance(v, bool) or not isinstance(v, str | int | float):
+            raise ValueError(f"expected text, got {v!r}")
+        text = str(v).strip()
+        if text and text not in out:
+            out.append(text)
+    return tuple(out)
+
+
+def _optional_text(meta: Mapping[str, Any], key: str) -> str | None:
+    value = meta.get(key)
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or not isinstance(value, str | int | float):
+        raise ValueError(f"{key}: expected text, got {type(value).__name__}")
+    return str(value)
+
+
+def read_item(text: str, tz: ZoneInfo, name: str = "") -> Item:
+    """Parse a store file (ours or hand-written). Raises ValueError saying what is wrong."""
+    handler = frontmatter.detect_format(text, [frontmatter.YAMLHandler(),
+                                              frontmatter.JSONHandler()])
+    if handler is None:
+        raise ValueError("no front matter (the file must start with ---)")
+    try:
+        fm, body = handler.split(text)
+        meta = handler.load(fm, Loader=_YAML_LOADER) if isinstance(
+            handler, frontmatter.YAMLHandler) else handler.load(fm)
+    except (yaml.YAMLError, ValueError) as e:
+        raise ValueError(f"invalid front matter: {' '.join(str(e).split())}") from None
+    if not isinstance(meta, dict):
+        raise ValueError("front matter is not a mapping of keys")
+    date = parse_date(meta.get("date"), tz)
+    if date is None:
+        if meta.get("date") is None:
+            raise ValueError("no date in the front matter")
+        raise ValueError(f"date: cannot read {meta.get('date')!r} as a date")
+    lastmod = parse_date(meta.get("lastmod"), tz) if meta.get("lastmod") else None
+    title = _optional_text(meta, "title") or Path(name).stem or "untitled"
+    try:
+        item = Item(
+            title=title,
+            date=date,
+            summary=_optional_text(meta, "summary") or "",
+            categories=_terms(meta.get("categories")),
+            lang=_terms(meta.get("lang")),
+            tags=_terms(meta.get("tags")),
+            thumbnail=_optional_text(meta, "thumbnail"),
+            author=_optional_text(meta, "author"),
+            link=_optional_text(meta, "link"),
+            source=_optional_text(meta, "source"),
+            guid=_optional_text(meta, "guid"),
+            sources=_terms(meta.get("sources")),
+            lastmod=lastmod,
+            extra=freeze({k: v for k, v in meta.items() if k not in MODELED_KEYS}),
+            body=body.strip("\n") + "\n" if body.strip() else "",
+        )
+    except ValueError as e:
+        raise ValueError(str(e)) from None
+    return item
+
+
+# -- paths ------------------------------------------------------------------------------------
+def ascii_slug(text: str, limit: int = 60) -> str:
+    folded = unicodedata.normalize("NFKD", text).encode("ascii", "ignore").decode("ascii")
+    slug = re.sub(r"[^a-z0-9]+", "-", folded.lower()).strip("-")
+    return slug[:limit].rstrip("-")
+
+
+def item_path(source_id: str, item: Item, key: str, dated: bool) -> str:
+    """A stable, safe relative path: source/[date-]slug-hash.md, ASCII only.
+
+    The hash of the item's strongest key makes it unique and lets a re-poll after
+    a crash find the file it wrote before the index knew about it.
+    """
+    slug = ascii_slug(item.title)
+    if len(slug) < len(item.title) / 2 and item.link:
+        # Mostly non-Latin title (Chinese...): the link's last segment says more in ASCII.
+        segment = urlsplit(item.link).path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        slug = ascii_slug(segment) or slug
+    parts = [item.date.strftime("%Y-%m-%d")] if dated else []
+    if slug:
+        parts.append(slug)
+    parts.append(hashlib.sha1(key.encode("utf-8", "surrogatepass")).hexdigest()[:10])
+    return f"{source_id}/{'-'.join(parts)}.md"
+
+
+def is_safe_relative(path: str) -> bool:
+    parts = path.split("/")
+    return all(
+        _SAFE_COMPONENT.match(p) and p not in (".", "..") and len(p.encode()) <= MAX_NAME_BYTES
+        for p in parts
+    )
+
+
+def file_hash(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+# -- disk ----------------------------------------------------------------------------------
+def write_atomic(target: Path, data: bytes, tmp_dir: Path) -> None:
+    """Write data to target through a temporary file and a rename.
+
+    On failure (disk full...) the temporary file is removed and the old target is
+    left as it was.
+    """
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, target)
+    except BaseException as e:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(e, OSError):
+            reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+            raise StoreError(f"cannot write: {reason}", path=target) from e
+        raise
+
+
+def sweep_temp_files(tmp_dir: Path) -> int:
+    """Remove temporary files left by processes that no longer run."""
+    removed = 0
+    try:
+        entries = list(os.scandir(tmp_dir))
+    except OSError:
+        return 0
+    for entry in entries:
+        pid_text = entry.name.split("-", 1)[0]
+        if pid_text.isdigit() and int(pid_text) != os.getpid() and _alive(int(pid_text)):
+            continue
+        if pid_text.isdigit() and int(pid_text) == os.getpid():
+            continue
+        try:
+            os.unlink(entry.path)
+            removed += 1
+        except OSError:
+            pass
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Store:
+    """The store directory: item files plus the derived data under .aggregator/."""
+
+    def __init__(self, root: Path, timezone: str) -> None:
+        self.root = root
+        self.meta_dir = root / META_DIR
+        self.tmp_dir = self.meta_dir / "tmp"
+        self.tz = ZoneInfo(timezone)
+
+    def path(self, relative: str) -> Path:
+        if not is_safe_relative(relative):
+            raise StoreError("unsafe store path refused", path=relative)
+        return self.root / relative
+
+    def read_bytes(self, relative: str) -> bytes | None:
+        try:
+            return (self.root / relative).read_bytes()
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            raise StoreError(f"cannot read: {e.strerror or e}", path=relative) from e
+
+    def write(self, relative: str, data: bytes) -> None:
+        write_atomic(self.path(relative), data, self.tmp_dir)
+
+    def exists(self, relative: str) -> bool:
+        return (self.root / relative).is_file()
+
+    def scan(self) -> Iterator[tuple[str, os.stat_result]]:
+        """Every Markdown file under the store (relative POSIX path, stat), skipping .dirs."""
+        stack = [self.root]
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for entry in entries:
+                if entry.name.startswith("."):
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    stack.append(Path(entry.path))
+                elif entry.name.endswith((".md", ".markdown")) and entry.is_file():
+                    if entry.name.startswith("_index."):
+                        continue  # Hugo section pages, not items
+                    rel = Path(entry.path).relative_to(self.root).as_posix()
+                    yield rel, entry.stat()
+
+    def load(self, relative: str) -> tuple[Item, bytes]:
+        """Read and parse one file; StoreError if it is missing or broken."""
+        data = self.read_bytes(relative)
+        if data is None:
+            raise StoreError("no such file", path=relative)
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise StoreError(f"not UTF-8 (byte {e.start})", path=relative) from None
+        try:
+            return read_item(text, self.tz, relative), data
+        except ValueError as e:
+            raise StoreError(str(e), path=relative) from None
