@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from ruamel.yaml import YAML
@@ -31,8 +31,7 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 # Keys the store writes itself; front_matter extras may not shadow them.
 RESERVED_FRONT_MATTER = frozenset(
-    "title date summary categories lang tags thumbnail author link source guid sources "
-    "lastmod".split()
+    ["title", "date", "summary", "categories", "lang", "tags", "thumbnail", "author", "link", "source", "guid", "sources", "lastmod"]
 )
 
 SITE_KEYS = {"title", "description", "base_url", "language", "timezone", "websub_hub"}
@@ -58,9 +57,12 @@ def parse_duration(value: Any) -> timedelta:
         seconds = sum(float(n) * _DURATION_UNITS[u.lower()] for n, u in parts)
     else:
         raise ValueError(value)
-    if seconds <= 0:
+    if not seconds > 0:  # also refuses NaN
         raise ValueError(value)
-    return timedelta(seconds=seconds)
+    try:
+        return timedelta(seconds=seconds)
+    except OverflowError:  # '.inf' or '99999999999999d': a config error, not a traceback
+        raise ValueError(value) from None
 
 
 def parse_size(value: Any) -> int:
@@ -250,7 +252,8 @@ def validate(document: Any, path: Path) -> Config:
         raise check.fail(f"expected a mapping, got {_show(front_matter)}", "front_matter",
                          None, top, "front_matter")
     for k in front_matter:
-        if str(k) in RESERVED_FRONT_MATTER:
+        # Hugo reads front matter keys case-insensitively: 'Title' would shadow 'title'.
+        if str(k).lower() in RESERVED_FRONT_MATTER:
             raise check.fail("is written by the aggregator itself; remove it here",
                              f"front_matter.{k}", None, front_matter, k)
 
@@ -331,6 +334,10 @@ def _source_url(raw: str, base_dir: Path) -> str | None:
     if scheme in ("http", "https"):
         return raw if urlsplit(raw).netloc else None
     if scheme == "file":
+        parts = urlsplit(raw)
+        if parts.netloc in ("", "localhost") and not parts.path.startswith("/"):
+            # 'file:feeds/a.xml' is relative too: to the config file's folder, not the cwd.
+            return _resolve(base_dir, unquote(parts.path)).absolute().as_uri()
         return raw
     if scheme and len(scheme) > 1:  # a one-letter scheme is a Windows drive, i.e. a path
         return None
@@ -381,7 +388,9 @@ def _line_of(node: Any, parent: Any, name: Any) -> int | None:
         if parent is not None and name is not None:
             if isinstance(parent, list):
                 return parent.lc.item(name)[0] + 1
-            return parent.lc.value(name)[0] + 1 if name in parent else parent.lc.line + 1
+            # The key's line, not the value's: for a block value ('site:' then an indented
+            # mapping) the value starts a line later, and an unknown key has to be found.
+            return parent.lc.key(name)[0] + 1 if name in parent else parent.lc.line + 1
         if node is not None and hasattr(node, "lc"):
             return node.lc.line + 1
     except (AttributeError, KeyError, TypeError, IndexError):

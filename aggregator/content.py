@@ -45,7 +45,10 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 def is_web_url(url: str | None) -> bool:
     if not url:
         return False
-    parts = urlsplit(url)
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # "http://[bad": a hostile feed's link must not crash the poll
+        return False
     return parts.scheme in ("http", "https") and bool(parts.netloc)
 
 

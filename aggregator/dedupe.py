@@ -18,7 +18,7 @@ import hashlib
 import re
 from dataclasses import replace
 from datetime import datetime
-from urllib.parse import parse_qsl, quote, unquote, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
 from aggregator.model import Item
 
@@ -49,18 +49,50 @@ def normalize_link(url: str) -> str:
         return url
     scheme = parts.scheme.lower()
     host = (parts.hostname or "").lower().rstrip(".")
+    if not host.isascii():
+        # An IDN host compares equal to its punycode form (例子.测试 == xn--fsqu00a.xn--0zwm56d).
+        try:
+            host = host.encode("idna").decode("ascii")
+        except UnicodeError:
+            pass
+    if ":" in host:  # urlsplit's hostname drops an IPv6 literal's brackets; put them back
+        host = f"[{host}]"
     if port is not None and DEFAULT_PORTS.get(scheme) != port:
         host = f"{host}:{port}"
     if parts.username:
         auth = parts.username + (f":{parts.password}" if parts.password else "")
         host = f"{auth}@{host}"
-    path = quote(unquote(parts.path), safe=_PATH_SAFE) or ("/" if host else "")
+    path = quote(parts.path, safe=_PATH_SAFE)
+    if scheme:  # without one, decoding '%41:' would make 'A:' read as a scheme next time
+        path = _normalize_escapes(path)
+    if not host and path.startswith("//"):
+        path = "/" + path.lstrip("/")  # else it would read as a host ('////x' -> '//x')
+    path = path or ("/" if host else "")
     query = [
         (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True)
         if k.lower() not in TRACKING_PARAMS and not k.lower().startswith(TRACKING_PREFIXES)
     ]
     query.sort()
     return urlunsplit((scheme, host, path, urlencode(query, quote_via=quote), ""))
+
+
+_STRAY_PERCENT = re.compile(r"%(?![0-9A-Fa-f]{2})")
+_ESCAPE = re.compile(r"%([0-9A-Fa-f]{2})")
+
+
+def _normalize_escapes(path: str) -> str:
+    """Decode escapes of unreserved characters only (RFC 3986 6.2.2.2), upper-case the rest.
+
+    Decoding every escape would make ``a%2Fb`` equal ``a/b``: different resources.
+    A '%' that starts no escape is escaped itself, so the result is stable.
+    """
+    def fix(m: re.Match[str]) -> str:
+        ch = chr(int(m.group(1), 16))
+        if ch.isascii() and (ch.isalnum() or ch in _UNRESERVED):
+            return ch
+        return "%" + m.group(1).upper()
+
+    return _ESCAPE.sub(fix, _STRAY_PERCENT.sub("%25", path))
 
 
 def digest(*parts: str) -> str:

@@ -23,7 +23,9 @@ from pathlib import Path
 
 from aggregator.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # PRAGMA user_version; older caches are dropped, older items rebuilt
+CACHE_TABLES = ("files", "outputs")
+ITEM_TABLES = ("items", "keys", "item_sources")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     path TEXT PRIMARY KEY,
@@ -51,7 +53,9 @@ CREATE TABLE IF NOT EXISTS files (
     path TEXT PRIMARY KEY,
     mtime_ns INTEGER NOT NULL,
     size INTEGER NOT NULL,
-    data TEXT,                  -- JSON of the parsed item and its rendered HTML
+    digest TEXT,                -- sha256 of the bytes
+    meta TEXT,                  -- JSON of the parsed front matter
+    html TEXT,                  -- the body rendered to sanitized HTML
     error TEXT                  -- why the file is broken, if it is
 );
 CREATE TABLE IF NOT EXISTS outputs (
@@ -118,10 +122,30 @@ class Index:
                                        isolation_level=None)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
+            self.needs_reindex = self._migrate()
             self._db.executescript(SCHEMA)
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open the index: {e}", path=path) from e
         self._lock = threading.RLock()
+
+    def _migrate(self) -> bool:
+        """Bring an index written by an older version up to date; True if items must be
+        rebuilt from the files (the caller runs reindex)."""
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version == SCHEMA_VERSION:
+            return False
+        tables = {r[0] for r in self._db.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        rebuild = False
+        for table in CACHE_TABLES:
+            self._db.execute(f"DROP TABLE IF EXISTS {table}")
+        if "item_sources" in tables:
+            columns = {r[1] for r in self._db.execute("PRAGMA table_info(item_sources)")}
+            if "content_hash" not in columns:
+                for table in ITEM_TABLES:
+                    self._db.execute(f"DROP TABLE IF EXISTS {table}")
+                rebuild = True
+        self._db.execute(f"PRAGMA user_version = {SCHEMA_VERSION}")
+        return rebuild
 
     def close(self) -> None:
         with self._lock:
@@ -212,16 +236,34 @@ class Index:
                        "SET state = excluded.state", (source_id, state.to_json()))
 
     # -- publish caches ------------------------------------------------------------------
-    def cached_files(self) -> dict[str, tuple[int, int, str | None, str | None]]:
-        return {p: (m, s, d, e) for p, m, s, d, e in
-                self._query("SELECT path, mtime_ns, size, data, error FROM files")}
+    def cached_files(self) -> dict[str, tuple[int, int, str | None, str | None, str | None]]:
+        """path -> (mtime_ns, size, digest, meta JSON, error); the HTML stays on disk."""
+        return {p: (m, s, d, meta, e) for p, m, s, d, meta, e in
+                self._query("SELECT path, mtime_ns, size, digest, meta, error FROM files")}
 
-    def save_files(self, rows: Iterable[tuple[str, int, int, str | None, str | None]],
+    def save_files(self, rows: Iterable[tuple[str, int, int, str, str | None, str | None,
+                                              str | None]],
                    removed: Iterable[str]) -> None:
         with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO files(path, mtime_ns, size, data, error) "
-                           "VALUES (?, ?, ?, ?, ?)", list(rows))
+            db.executemany("INSERT OR REPLACE INTO files(path, mtime_ns, size, digest, meta, "
+                           "html, error) VALUES (?, ?, ?, ?, ?, ?, ?)", list(rows))
             db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in removed])
+
+    def rendered_html(self, paths: list[str]) -> dict[str, str]:
+        out: dict[str, str] = {}
+        for start in range(0, len(paths), 500):
+            chunk = paths[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            out.update(self._query(f"SELECT path, html FROM files WHERE path IN ({marks})",
+                                   chunk))
+        return out
+
+    def listed_by(self) -> dict[str, list[str]]:
+        """path -> the sources whose feeds list it (files name only the first, see SPEC §3)."""
+        out: dict[str, list[str]] = {}
+        for path, source in self._query("SELECT path, source FROM item_sources ORDER BY rowid"):
+            out.setdefault(path, []).append(source)
+        return out
 
     def output_signatures(self) -> dict[str, str]:
         return dict(self._query("SELECT feed, signature FROM outputs"))

@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from html import escape
+from html import escape, unescape
 from typing import Any
 from urllib.parse import urljoin
 
@@ -67,7 +67,7 @@ def _parse_xml(body: bytes, headers: dict[str, str], url: str, source_id: str) -
         raise ParseError(f"cannot parse: {type(e).__name__}: {e}", source_id=source_id,
                          url=url) from e
     if not parsed.entries and (parsed.bozo or not parsed.version):
-        raise ParseError(_not_a_feed(body, parsed), source_id=source_id, url=url)
+        raise ParseError(_not_a_feed(body, parsed, url), source_id=source_id, url=url)
     feed = parsed.feed
     base = feed.get("link") if absolute_url(feed.get("link"), None) else url
     warning = None
@@ -109,12 +109,13 @@ def _normalize_encoding(body: bytes, headers: dict[str, str]) -> tuple[bytes, di
     return utf8, headers
 
 
-def _not_a_feed(body: bytes, parsed: Any) -> str:
+def _not_a_feed(body: bytes, parsed: Any, url: str) -> str:
     head = body[:4096].decode("utf-8", "replace").lower()
     if "<html" in head or "<!doctype html" in head:
-        match = _FEED_LINK.search(body[:65536].decode("utf-8", "replace"))
-        if match:
-            return f"not a feed but an HTML page; it links to a feed at {match.group(1)}"
+        links = discover_feed_links(body[:65536].decode("utf-8", "replace"), url)
+        if links:
+            # Absolute, so the user can paste it into feeds.yaml as it is.
+            return f"not a feed but an HTML page; it links to a feed at {links[0]}"
         return "not a feed but an HTML page"
     if parsed.bozo:
         return f"not a feed: {_bozo_text(parsed.bozo_exception)}"
@@ -286,4 +287,5 @@ def _json_entry(item: Mapping[str, Any], base: str) -> Entry:
 
 def discover_feed_links(html_text: str, page_url: str) -> list[str]:
     """Feed URLs an HTML page announces with <link rel="alternate" type=...>."""
-    return [urljoin(page_url, m.group(1)) for m in _FEED_LINK.finditer(html_text)]
+    # The href is HTML attribute text: "&amp;" in it means "&".
+    return [urljoin(page_url, unescape(m.group(1))) for m in _FEED_LINK.finditer(html_text)]

@@ -58,6 +58,9 @@ class Workspace:
         self.store = Store(config.store_dir, config.site.timezone)
         self.index = Index(self.store.meta_dir / "index.sqlite")
         self.write_lock = WriteLock(self.store.meta_dir / "write.lock")
+        if self.index.needs_reindex:
+            log.warning("the index was written by an older version; rebuilding it from the files")
+            reindex(self)
 
     def close(self) -> None:
         self.index.close()

@@ -19,8 +19,8 @@ from datetime import date as date_type
 from datetime import datetime, time
 from email.utils import parsedate_to_datetime
 from pathlib import Path
-from urllib.parse import urlsplit
 from typing import Any
+from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo
 
 import frontmatter

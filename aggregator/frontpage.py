@@ -1,0 +1,109 @@
+"""Pure: the front page (index.html) and feeds.opml of the output directory.
+
+No JavaScript and no external assets: the page is readable in any browser, on a
+phone, and offline; it carries <link rel="alternate"> so readers autodiscover.
+"""
+
+from __future__ import annotations
+
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping, Sequence
+from functools import lru_cache
+from typing import TYPE_CHECKING
+
+from jinja2 import Environment, PackageLoader, select_autoescape
+
+from aggregator import __version__
+from aggregator.content import is_web_url
+from aggregator.model import Config, FeedSpec
+from aggregator.slug import term_slug, url_segment
+
+if TYPE_CHECKING:
+    from aggregator.publish import Entry
+
+LATEST = 30
+LABELS = {
+    "zh": {"subscribe": "订阅", "latest": "最新文章", "empty": "还没有文章：先运行 aggregator poll。",
+           "all": "全部", "tag": "标签", "category": "分类", "source": "来源",
+           "footer": "共 %(count)d 篇文章，%(feeds)d 个订阅源"},
+    "en": {"subscribe": "Subscribe", "latest": "Latest", "empty": "No items yet: run aggregator poll.",
+           "all": "All items", "tag": "Tags", "category": "Categories", "source": "Sources",
+           "footer": "%(count)d items in %(feeds)d feeds"},
+}
+
+
+@lru_cache(maxsize=1)
+def _env() -> Environment:
+    return Environment(loader=PackageLoader("aggregator", "templates"),
+                       autoescape=select_autoescape(["html", "j2"]), keep_trailing_newline=True)
+
+
+def _links(spec: FeedSpec) -> dict[str, str]:
+    """Relative links, so the page works wherever the output directory is served."""
+    folder = "" if spec.kind == "all" else (
+        spec.directory.split("/")[0] + "/" + url_segment(spec.slug) + "/")
+    return {"rss": folder + "index.xml", "atom": folder + "atom.xml", "json": folder + "feed.json"}
+
+
+def render_index_html(config: Config, feeds: Mapping[FeedSpec, Sequence[Entry]],
+                      counts: Mapping[FeedSpec, int], entries: Sequence[Entry]) -> bytes:
+    site = config.site
+    t = LABELS["zh" if site.language.lower().startswith("zh") else "en"]
+    all_spec = next(s for s in feeds if s.kind == "all")
+    groups = []
+    for kind in ("category", "source", "tag"):
+        specs = sorted((s for s in feeds if s.kind == kind),
+                       key=lambda s: (-counts.get(s, 0), s.term.casefold(), s.slug))
+        groups.append({"title": t[kind], "feeds": [
+            {"name": s.title.split(" · ", 1)[-1] if kind == "source" else s.term,
+             "count": counts.get(s, 0), **_links(s)} for s in specs]})
+    source_titles = {s.id: s.title for s in config.sources}
+    latest = []
+    for e in sorted(entries, key=lambda e: e.sort_key)[:LATEST]:
+        item = e.item
+        source = item.source
+        latest.append({
+            "title": item.title,
+            "link": item.link if is_web_url(item.link) else None,
+            "date_iso": item.date.isoformat(),
+            "date_text": item.date.strftime("%Y-%m-%d %H:%M"),
+            "source": (source_titles.get(source) or source) if source else None,
+            "source_feed": f"sources/{url_segment(term_slug(source))}/index.xml" if source else "",
+            "author": item.author,
+            "summary": item.summary,
+            "tags": [{"name": tag, "href": f"tags/{url_segment(term_slug(tag))}/index.xml"}
+                     for tag in item.tags[:8]],
+        })
+    html = _env().get_template("index.html.j2").render(
+        site=site, t=t, all_feed=_links(all_spec), groups=groups, latest=latest,
+        item_count=len(entries), feed_count=len(feeds), generator=f"aggregator {__version__}")
+    return html.encode("utf-8")
+
+
+def render_opml(config: Config, feeds: Mapping[FeedSpec, Sequence[Entry]]) -> bytes:
+    """OPML 2.0 of every published feed, grouped like the front page."""
+    site = config.site
+    t = LABELS["zh" if site.language.lower().startswith("zh") else "en"]
+    root = ET.Element("opml", version="2.0")
+    head = ET.SubElement(root, "head")
+    ET.SubElement(head, "title").text = site.title
+    ET.SubElement(head, "docs").text = "http://opml.org/spec2.opml"
+    body = ET.SubElement(root, "body")
+    base = site.base_url
+
+    def outline(parent: ET.Element, spec: FeedSpec, text: str) -> None:
+        links = _links(spec)
+        ET.SubElement(parent, "outline", type="rss", text=text, title=spec.title,
+                      xmlUrl=base + links["rss"], htmlUrl=base)
+
+    all_spec = next(s for s in feeds if s.kind == "all")
+    outline(body, all_spec, t["all"])
+    for kind in ("category", "source", "tag"):
+        specs = sorted((s for s in feeds if s.kind == kind), key=lambda s: (s.term, s.slug))
+        if not specs:
+            continue
+        folder = ET.SubElement(body, "outline", text=t[kind], title=t[kind])
+        for spec in specs:
+            outline(folder, spec, spec.title.split(" · ", 1)[-1] if kind == "source" else spec.term)
+    ET.indent(root)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"

@@ -1,0 +1,493 @@
+"""Publish the store as feeds: RSS 2.0 and Atom 1.0 (feedgen) and JSON Feed 1.1.
+
+    load     every store file, parsed once and cached in the index by (mtime, size)
+    group    site-wide, per tag, per category, per source (Hugo's slugs)
+    decide   a feed's signature = its newest keep_items (path, content hash) + settings;
+             unchanged signature and files present -> nothing to do
+    build    pure: FeedSpec + items -> bytes of index.xml, atom.xml, feed.json
+    write    only bytes that differ, atomically (same bytes keep their mtime and ETag)
+
+A feed's build date is its newest item's date, never the clock, so publishing an
+unchanged store is a no-op and readers see no phantom updates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from collections import defaultdict
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote, urlsplit
+
+from feedgen.ext.base import BaseEntryExtension, BaseExtension
+from feedgen.feed import FeedGenerator
+from lxml import etree
+
+from aggregator import __version__
+from aggregator.content import is_web_url, markdown_to_html
+from aggregator.errors import PublishError, StoreError
+from aggregator.model import Config, FeedSpec, Item
+from aggregator.pipeline import Workspace
+from aggregator.slug import term_slug, url_segment
+from aggregator.store import file_hash, read_item, sweep_temp_files, write_atomic
+
+log = logging.getLogger("aggregator.publish")
+FEED_FILES = ("index.xml", "atom.xml", "feed.json")
+GENERATOR = f"aggregator {__version__}"
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+OUTPUT_TMP = ".aggregator-tmp"
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A store item as the publisher needs it (no body: its HTML is fetched on demand)."""
+
+    path: str
+    item: Item
+    digest: str  # hash of the file's bytes: a changed file changes every feed holding it
+
+    @property
+    def sort_key(self) -> tuple[float, str]:
+        return (-self.item.date.timestamp(), self.path)
+
+
+@dataclass
+class PublishResult:
+    feeds: int = 0
+    written: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    items: int = 0
+    broken: list[StoreError] = field(default_factory=list)
+    changed_feeds: list[str] = field(default_factory=list)
+
+
+# -- load --------------------------------------------------------------------------------------
+def _item_to_json(item: Item) -> str:
+    data = {
+        "title": item.title, "date": item.date.isoformat(), "summary": item.summary,
+        "categories": item.categories, "lang": item.lang, "tags": item.tags,
+        "thumbnail": item.thumbnail, "author": item.author, "link": item.link,
+        "source": item.source, "guid": item.guid, "sources": item.sources,
+        "lastmod": item.lastmod.isoformat() if item.lastmod else None,
+        "draft": bool(item.extra.get("draft")),
+    }
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _item_from_json(text: str) -> Item:
+    d = json.loads(text)
+    return Item(
+        title=d["title"], date=datetime.fromisoformat(d["date"]), summary=d["summary"],
+        categories=tuple(d["categories"]), lang=tuple(d["lang"]), tags=tuple(d["tags"]),
+        thumbnail=d["thumbnail"], author=d["author"], link=d["link"], source=d["source"],
+        guid=d["guid"], sources=tuple(d["sources"]),
+        lastmod=datetime.fromisoformat(d["lastmod"]) if d["lastmod"] else None,
+        extra={"draft": True} if d.get("draft") else {},
+    )
+
+
+def load_entries(ws: Workspace) -> tuple[list[Entry], list[StoreError]]:
+    """Every publishable store file; parse only those whose (mtime, size) changed."""
+    cache = ws.index.cached_files()
+    entries: list[Entry] = []
+    broken: list[StoreError] = []
+    fresh: list[tuple[str, int, int, str, str | None, str | None, str | None]] = []
+    seen: set[str] = set()
+    base_url = ws.config.site.base_url
+    for rel, st in ws.store.scan():
+        seen.add(rel)
+        cached = cache.get(rel)
+        if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
+            _, _, digest, meta, error = cached
+            if error:
+                broken.append(StoreError(error, path=rel))
+            elif meta:
+                item = _item_from_json(meta)
+                if not item.extra.get("draft"):
+                    entries.append(Entry(rel, item, digest or ""))
+            continue
+        data = ws.store.read_bytes(rel)
+        if data is None:
+            continue
+        digest = file_hash(data)
+        try:
+            item = read_item(data.decode("utf-8"), ws.store.tz, rel)
+        except UnicodeDecodeError as e:
+            error = f"not UTF-8 (byte {e.start})"
+            broken.append(StoreError(error, path=rel))
+            fresh.append((rel, st.st_mtime_ns, st.st_size, digest, None, None, error))
+            continue
+        except ValueError as e:
+            broken.append(StoreError(str(e), path=rel))
+            fresh.append((rel, st.st_mtime_ns, st.st_size, digest, None, None, str(e)))
+            continue
+        html = markdown_to_html(item.body, item.link if is_web_url(item.link) else base_url)
+        fresh.append((rel, st.st_mtime_ns, st.st_size, digest, _item_to_json(item), html, None))
+        if not item.extra.get("draft"):
+            entries.append(Entry(rel, replace(item, body=""), digest))
+    removed = [p for p in cache if p not in seen]
+    if fresh or removed:
+        ws.index.save_files(fresh, removed)
+    return entries, broken
+
+
+# -- group -------------------------------------------------------------------------------------
+def _sources_of(entry: Entry, extra: Mapping[str, list[str]]) -> list[str]:
+    out = list(entry.item.all_sources)
+    for s in extra.get(entry.path, []):
+        if s not in out:
+            out.append(s)
+    return out
+
+
+def group_feeds(config: Config, entries: Iterable[Entry], source_titles: Mapping[str, str],
+                listed_by: Mapping[str, list[str]]) -> dict[FeedSpec, list[Entry]]:
+    """Pure: which entries each feed holds (all of them; the caller keeps the newest)."""
+    site = config.site
+    groups: dict[tuple[str, str], list[Entry]] = defaultdict(list)
+    names: dict[tuple[str, str], str] = {}
+    entries = list(entries)
+    groups[("all", "")] = list(entries)
+    configured = {s.id for s in config.sources}
+    for entry in entries:
+        for kind, terms in (("tag", entry.item.tags), ("category", entry.item.categories)):
+            for term in terms:
+                key = (kind, term_slug(term))
+                groups[key].append(entry)
+                names.setdefault(key, term)
+        for source_id in _sources_of(entry, listed_by):
+            if source_id in configured or source_titles.get(source_id):
+                key = ("source", term_slug(source_id))
+                groups[key].append(entry)
+                names.setdefault(key, source_id)
+    feeds: dict[FeedSpec, list[Entry]] = {}
+    for (kind, slug), members in groups.items():
+        term = names.get((kind, slug), "")
+        if kind == "all":
+            title = site.title
+        elif kind == "source":
+            title = f"{site.title} · {source_titles.get(term) or term}"
+        else:
+            title = f"{site.title} · {term}"
+        unique = {e.path: e for e in members}
+        spec = FeedSpec(kind=kind, term=term, slug=slug, title=title)  # type: ignore[arg-type]
+        feeds[spec] = sorted(unique.values(), key=lambda e: e.sort_key)
+    return feeds
+
+
+# -- build (pure) --------------------------------------------------------------------------------
+def feed_url(site_base: str, spec: FeedSpec, name: str) -> str:
+    if spec.kind == "all":
+        return site_base + name
+    folder = spec.directory.split("/")[0]
+    return f"{site_base}{folder}/{url_segment(spec.slug)}/{name}"
+
+
+def _atom_id(guid: str) -> str:
+    """Atom ids must be IRIs; a guid that is not one is wrapped, reversibly."""
+    scheme = urlsplit(guid).scheme
+    if scheme and guid.isprintable() and " " not in guid:
+        return guid
+    return "urn:x-aggregator-guid:" + quote(guid, safe="")
+
+
+def _tag_uri(base_url: str, entry: Entry) -> str:
+    host = urlsplit(base_url).hostname or "localhost"
+    return f"tag:{host},{entry.item.date.strftime('%Y-%m-%d')}:{quote(entry.path)}"
+
+
+def _guid(base_url: str, entry: Entry) -> str:
+    return entry.item.guid or entry.item.link or _tag_uri(base_url, entry)
+
+
+class _AggregatorFeedExt(BaseExtension):
+    """Feed-level additions feedgen lacks: WebSub hub link in RSS."""
+
+    def __init__(self) -> None:
+        self.hub: str | None = None
+
+    def extend_ns(self) -> dict[str, str]:
+        return {}
+
+    def extend_rss(self, feed: etree._Element) -> etree._Element:
+        if self.hub:
+            channel = feed[0]
+            etree.SubElement(channel, "{http://www.w3.org/2005/Atom}link", href=self.hub,
+                             rel="hub")
+        return feed
+
+
+class _AggregatorEntryExt(BaseEntryExtension):
+    """Entry-level: the Atom id (an IRI) may differ from the RSS guid we keep verbatim."""
+
+    def __init__(self) -> None:
+        self.atom_id: str | None = None
+        self.source_id: str | None = None
+
+    def extend_atom(self, entry: etree._Element) -> etree._Element:
+        # feedgen writes Atom elements unqualified under a default namespace.
+        if self.atom_id:
+            node = entry.find("id")
+            if node is not None:
+                node.text = self.atom_id
+        if self.source_id:
+            source = entry.find("source")
+            if source is not None:
+                ident = etree.Element("id")
+                ident.text = self.source_id
+                source.insert(0, ident)
+        return entry
+
+
+def build_feeds(config: Config, spec: FeedSpec, entries: list[Entry], html: Mapping[str, str],
+                source_info: Mapping[str, tuple[str, str]], counts: Mapping[str, int] | None = None
+                ) -> dict[str, bytes]:
+    """Pure: the three files of one feed. ``html`` maps store path -> rendered body."""
+    site = config.site
+    base = site.base_url
+    rss_url, atom_url, json_url = (feed_url(base, spec, n) for n in FEED_FILES)
+    home = base if spec.kind == "all" else feed_url(base, spec, "")
+    updated = max((e.item.lastmod or e.item.date for e in entries), default=EPOCH)
+    updated = max(updated, max((e.item.date for e in entries), default=EPOCH))
+
+    fg = FeedGenerator()
+    fg.load_extension("media", atom=True, rss=True)
+    fg.load_extension("dc", atom=False, rss=True)
+    fg.register_extension("aggregator", _AggregatorFeedExt, _AggregatorEntryExt, atom=True,
+                          rss=True)
+    fg.id(atom_url)
+    fg.title(spec.title)
+    fg.subtitle(site.description or spec.title)
+    fg.author(name=site.title)  # Atom wants an author; entries without one inherit this
+    if site.websub_hub:
+        fg.aggregator.hub = site.websub_hub
+    fg.language(site.language)
+    fg.generator("aggregator", version=__version__)
+    fg.updated(updated)
+    fg.lastBuildDate(updated)
+    fg.ttl(max(1, int(config.defaults.interval.total_seconds() // 60)))
+    json_items: list[dict[str, Any]] = []
+    for entry in entries:
+        item = entry.item
+        guid = _guid(base, entry)
+        body = html.get(entry.path, "")
+        fe = fg.add_entry(order="append")
+        fe.guid(guid, permalink=bool(item.link) and guid == item.link and is_web_url(guid))
+        fe.aggregator.atom_id = _atom_id(guid)
+        fe.title(item.title)
+        if item.link and is_web_url(item.link):
+            fe.link(href=item.link, rel="alternate")
+        if item.summary:
+            fe.summary(item.summary)
+        if body:
+            fe.content(body, type="html")
+        fe.published(item.date)
+        fe.updated(item.lastmod or item.date)
+        for term in dict.fromkeys((*item.categories, *item.tags)):
+            fe.category(term=term)
+        if item.author:
+            fe.author(name=item.author)
+            fe.dc.dc_creator(item.author)
+        if item.thumbnail and is_web_url(item.thumbnail):
+            fe.media.thumbnail(url=item.thumbnail, group=None)  # no one-child media:group
+        origin = item.source
+        if origin and origin in source_info:
+            title, url = source_info[origin]
+            fe.source(url=url, title=title)
+            fe.aggregator.source_id = url
+        json_items.append(_json_item(item, guid, body))
+
+    def links(self_url: str) -> list[dict[str, str]]:
+        out = [{"href": self_url, "rel": "self"}]
+        if site.websub_hub:
+            out.append({"href": site.websub_hub, "rel": "hub"})
+        return out + [{"href": home, "rel": "alternate"}]  # feedgen's RSS <link> is the last
+
+    try:  # one generator, two self links: the RSS and the Atom file each name themselves
+        fg.link(links(rss_url), replace=True)
+        rss = fg.rss_str(pretty=True, encoding="UTF-8", xml_declaration=True)
+        fg.link(links(atom_url), replace=True)
+        atom = fg.atom_str(pretty=True, encoding="UTF-8", xml_declaration=True)
+    except (ValueError, TypeError) as e:  # lxml refuses characters XML cannot hold
+        raise PublishError(f"cannot build: {e}", feed=spec.directory or "/") from e
+    json_feed: dict[str, Any] = {
+        "version": "https://jsonfeed.org/version/1.1",
+        "title": spec.title,
+        "home_page_url": home,
+        "feed_url": json_url,
+        "description": site.description or spec.title,
+        "language": site.language,
+    }
+    if site.websub_hub:
+        json_feed["hubs"] = [{"type": "WebSub", "url": site.websub_hub}]
+    json_feed["items"] = json_items
+    return {
+        "index.xml": rss,
+        "atom.xml": atom,
+        "feed.json": (json.dumps(json_feed, ensure_ascii=False, indent=2) + "\n").encode(),
+    }
+
+
+def _json_item(item: Item, guid: str, body: str) -> dict[str, Any]:
+    out: dict[str, Any] = {"id": guid}
+    if item.link and is_web_url(item.link):
+        out["url"] = item.link
+    out["title"] = item.title
+    out["content_html"] = body
+    if item.summary:
+        out["summary"] = item.summary
+    if item.thumbnail and is_web_url(item.thumbnail):
+        out["image"] = item.thumbnail
+    out["date_published"] = item.date.isoformat()
+    if item.lastmod:
+        out["date_modified"] = item.lastmod.isoformat()
+    if item.author:
+        out["authors"] = [{"name": item.author}]
+    tags = list(dict.fromkeys((*item.categories, *item.tags)))
+    if tags:
+        out["tags"] = tags
+    if item.lang:
+        out["language"] = item.lang[0]
+    return out
+
+
+def signature(config: Config, spec: FeedSpec, entries: list[Entry],
+              source_info: Mapping[str, tuple[str, str]]) -> str:
+    """Everything a feed's bytes depend on; equal signatures mean equal files."""
+    h = hashlib.sha256()
+    site = config.site
+    h.update(json.dumps([__version__, site.title, site.description, site.base_url,
+                         site.language, site.websub_hub, spec.title, spec.kind, spec.slug,
+                         int(config.defaults.interval.total_seconds())],
+                        ensure_ascii=False).encode())
+    for e in entries:
+        h.update(f"\x00{e.path}\x00{e.digest}".encode("utf-8", "surrogatepass"))
+        if e.item.source in source_info:
+            h.update(json.dumps(source_info[e.item.source], ensure_ascii=False).encode())
+    return h.hexdigest()
+
+
+# -- write -------------------------------------------------------------------------------------
+def _safe_output_path(output: Path, relative: str) -> Path:
+    """The one way to an output file; refuses anything that would leave the directory."""
+    parts = [p for p in relative.split("/") if p]
+    if any(p in (".", "..") or "\\" in p or "\x00" in p for p in parts):
+        raise PublishError("unsafe output path refused", feed=relative)
+    target = output.joinpath(*parts)
+    root = os.path.realpath(output)
+    if os.path.commonpath([root, os.path.realpath(target)]) != root:
+        raise PublishError("output path leaves the output directory", feed=relative)
+    return target
+
+
+def write_if_changed(output: Path, relative: str, data: bytes) -> bool:
+    target = _safe_output_path(output, relative)
+    try:
+        if target.read_bytes() == data:
+            return False
+    except FileNotFoundError:
+        pass
+    except OSError:
+        pass
+    try:
+        write_atomic(target, data, output / OUTPUT_TMP)
+    except StoreError as e:
+        raise PublishError(e.detail, feed=relative) from e
+    return True
+
+
+def source_info_of(ws: Workspace) -> dict[str, tuple[str, str]]:
+    """Per source id: (title, the URL that names it in <source>)."""
+    states = ws.index.all_source_states()
+    base = ws.config.site.base_url
+    info = {}
+    for s in ws.config.sources:
+        state = states.get(s.id)
+        title = s.title or (state.title if state else None) or s.id
+        url = s.url if is_web_url(s.url) else f"{base}sources/{url_segment(term_slug(s.id))}/index.xml"
+        info[s.id] = (title, url)
+    return info
+
+
+def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
+    """Write every feed whose items changed, plus index.html and feeds.opml."""
+    from aggregator.frontpage import render_index_html, render_opml
+
+    config = ws.config
+    output = config.output_dir
+    result = PublishResult()
+    with ws.write_lock.held():
+        output.mkdir(parents=True, exist_ok=True)
+        sweep_temp_files(output / OUTPUT_TMP)
+        entries, result.broken = load_entries(ws)
+        result.items = len(entries)
+        info = source_info_of(ws)
+        titles = {k: v[0] for k, v in info.items()}
+        listed_by = ws.index.listed_by()
+        feeds = group_feeds(config, entries, titles, listed_by)
+        keep = config.defaults.keep_items
+        old_signatures = ws.index.output_signatures()
+        new_signatures: dict[str, str] = {}
+        counts: dict[FeedSpec, int] = {spec: len(members) for spec, members in feeds.items()}
+        for spec, members in sorted(feeds.items(), key=lambda kv: (kv[0].kind, kv[0].slug)):
+            newest = members[:keep]
+            key = spec.directory or "/"
+            sig = signature(config, spec, newest, info)
+            new_signatures[key] = sig
+            folder = spec.directory
+            present = all((output / folder / n).is_file() for n in FEED_FILES)
+            if only_if_changed and old_signatures.get(key) == sig and present:
+                result.unchanged += len(FEED_FILES)
+                continue
+            html = ws.index.rendered_html([e.path for e in newest])
+            files = build_feeds(config, spec, newest, html, info)
+            changed = False
+            for name, data in files.items():
+                rel = f"{folder}/{name}" if folder else name
+                if write_if_changed(output, rel, data):
+                    result.written += 1
+                    changed = True
+                else:
+                    result.unchanged += 1
+            if changed:
+                result.changed_feeds.append(key)
+        result.feeds = len(feeds)
+        stale = [k for k in old_signatures if k not in new_signatures]
+        for key in stale:
+            result.removed += _remove_feed(output, key)
+        for name, data in (("index.html", render_index_html(config, feeds, counts, entries)),
+                           ("feeds.opml", render_opml(config, feeds))):
+            if write_if_changed(output, name, data):
+                result.written += 1
+            else:
+                result.unchanged += 1
+        ws.index.save_output_signatures(new_signatures, stale)
+    return result
+
+
+def _remove_feed(output: Path, key: str) -> int:
+    """Delete the files of a feed that no longer has items (a tag nobody uses now)."""
+    if key == "/":
+        return 0
+    folder = _safe_output_path(output, key)
+    removed = 0
+    for name in FEED_FILES:
+        try:
+            (folder / name).unlink()
+            removed += 1
+        except FileNotFoundError:
+            pass
+    try:
+        folder.rmdir()
+    except OSError:
+        if folder.is_dir() and not any(folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+    return removed

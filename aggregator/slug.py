@@ -1,0 +1,80 @@
+"""Pure: the output folder of a tag, category or source, as Hugo would name it.
+
+Hugo's taxonomy paths come from ``PathSpec.MakePathSanitized``: Unicode letters,
+digits and marks kept, plus ``. _ # + ~ - @ / \\`` and ``%XX`` escapes; a run of
+whitespace after some kept text becomes one ``-``; everything else dropped; then
+lower-cased. We follow it exactly, so a Hugo site built from the same store has
+its taxonomy feeds at the same URLs, except where Hugo's answer would be unsafe
+on disk (``/`` or ``\\`` making subfolders, ``.``/``..``, nothing left, a name
+too long for the filesystem): then we pick a safe slug of our own.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import unicodedata
+from urllib.parse import quote
+
+MAX_SLUG_BYTES = 150
+_KEPT = frozenset("._#+~-@/\\")
+_HEX = frozenset("0123456789abcdefABCDEF")
+
+
+def _kept(ch: str) -> bool:
+    if ch in _KEPT:
+        return True
+    category = unicodedata.category(ch)
+    return category[0] in ("L", "M") or category == "Nd"
+
+
+def hugo_urlize(term: str) -> str:
+    """Hugo's MakePathSanitized (UnicodeSanitize + ToLower), character for character."""
+    target: list[str] = []
+    prepend_hyphen = False
+    was_hyphen = False
+    for i, ch in enumerate(term):
+        allowed = _kept(ch) or (ch == "%" and i + 2 < len(term) and term[i + 1] in _HEX
+                                and term[i + 2] in _HEX)
+        if allowed:
+            was_hyphen = ch == "-"
+            if prepend_hyphen:
+                if not was_hyphen:
+                    target.append("-")
+                prepend_hyphen = False
+            target.append(ch)
+        elif target and not was_hyphen and ch.isspace():
+            prepend_hyphen = True
+    return "".join(target).lower()
+
+
+def _digest(term: str) -> str:
+    return hashlib.sha1(term.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+def is_safe_slug(slug: str) -> bool:
+    # A '%XX' that Hugo keeps would be decoded by the web server into another path
+    # than the folder on disk, so it counts as unsafe here too.
+    return (bool(slug) and slug not in (".", "..") and "/" not in slug and "\\" not in slug
+            and "\x00" not in slug and len(slug.encode("utf-8")) <= MAX_SLUG_BYTES
+            and "%" not in slug)
+
+
+def term_slug(term: str) -> str:
+    """Hugo's slug when it is safe on disk, else a safe one derived from it."""
+    slug = hugo_urlize(term)
+    if is_safe_slug(slug):
+        return slug
+    safe = re.sub(r"[/\\%]+", "-", slug)
+    safe = re.sub(r"-{2,}", "-", safe)
+    safe = re.sub(r"^[.-]+|-+$", "", safe)  # no '.', '..' or hidden name left at the start
+    encoded = safe.encode("utf-8")[:MAX_SLUG_BYTES - 9].decode("utf-8", "ignore").rstrip("-")
+    return f"{encoded}-{_digest(term)}" if encoded else f"term-{_digest(term)}"
+
+
+def url_segment(slug: str) -> str:
+    """The slug as it appears in a URL: percent-encoded UTF-8 (人工智能 -> %E4%BA%BA...).
+
+    '#' must be escaped (c# -> c%23) or a browser would read it as a fragment.
+    """
+    return quote(slug, safe="-._~@+")
