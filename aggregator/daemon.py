@@ -1,0 +1,249 @@
+"""The long-running daemon: APScheduler jobs around the same pipeline the CLI uses.
+
+    start:   take store/.aggregator/daemon.lock (a second daemon exits 2), publish,
+             optionally serve the output directory, schedule every source now
+    job:     poll_source(source) -> log one line -> publish soon if the store changed
+             -> reschedule at schedule.next_poll_at() (interval with jitter, lengthened
+             by the feed's ttl / max-age, Retry-After and error backoff)
+    watch:   feeds.yaml every few seconds; a valid edit adds, removes and reschedules
+             sources without a restart, an invalid one is logged and ignored
+    stop:    SIGTERM/SIGINT -> no new jobs, in-flight fetches abandoned, in-flight
+             writes finished (the write lock), exit 0
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import signal
+import sys
+import threading
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from apscheduler.executors.pool import ThreadPoolExecutor
+from apscheduler.jobstores.base import JobLookupError
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from aggregator.config import load_config
+from aggregator.errors import AggregatorError, ConfigError
+from aggregator.fetch import Fetcher
+from aggregator.lock import DaemonLock
+from aggregator.model import Config, Source
+from aggregator.pipeline import Workspace, fetch_stage, store_stage
+from aggregator.schedule import next_poll_at
+
+log = logging.getLogger("aggregator.daemon")
+PUBLISH_DELAY = timedelta(seconds=3)  # publish at most this long after a change, once
+CONFIG_CHECK_SECONDS = 2.0
+SHUTDOWN_GRACE = 8.0  # seconds to let in-flight writes finish (SIGTERM -> exit within 10 s)
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _config_signature(path: Path) -> tuple[int, int] | None:
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+class Daemon:
+    def __init__(self, config_path: Path, config: Config, *, workers: int = 8,
+                 serve_at: tuple[str, int] | None = None) -> None:
+        self.config_path = config_path
+        self.ws = Workspace(config)
+        self.stop = threading.Event()
+        self.fetcher = Fetcher(stop=self.stop)
+        self.rng = random.Random()
+        self.serve_at = serve_at
+        self.server = None
+        self._server_thread: threading.Thread | None = None
+        self._config_sig = _config_signature(config_path)
+        self._publish_lock = threading.Lock()
+        self.scheduler = BackgroundScheduler(
+            executors={"default": ThreadPoolExecutor(max_workers=max(1, workers))},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+            timezone=UTC,
+        )
+
+    @property
+    def config(self) -> Config:
+        return self.ws.config
+
+    # -- lifecycle ----------------------------------------------------------------------
+    def start(self) -> None:
+        self.publish()
+        if self.serve_at:
+            from aggregator.serve import make_server
+
+            host, port = self.serve_at
+            self.server = make_server(self.config.output_dir, host, port)
+            self._server_thread = threading.Thread(target=self.server.run, name="serve",
+                                                   daemon=True)
+            self._server_thread.start()
+            log.warning("serving %s on http://%s:%d/", self.config.output_dir, host, port)
+        self.scheduler.start()
+        now = utc_now()
+        for i, source in enumerate(s for s in self.config.sources if s.enabled):
+            # The first poll of everything now, spread over a few seconds.
+            self._schedule(source.id, now + timedelta(milliseconds=50 * i))
+        self.scheduler.add_job(self.check_config, "interval", seconds=CONFIG_CHECK_SECONDS,
+                               id="config", replace_existing=True)
+        log.warning("daemon started: %d sources, store %s, output %s (pid %d)",
+                    len([s for s in self.config.sources if s.enabled]), self.config.store_dir,
+                    self.config.output_dir, os.getpid())
+
+    def shutdown(self) -> None:
+        """Stop scheduling; wait (bounded) for in-flight writes; leave nothing half-done."""
+        self.stop.set()
+        self.scheduler.shutdown(wait=False)
+        if self.server is not None:
+            from aggregator.serve import stop_server
+
+            stop_server(self.server)
+        done = threading.Event()
+
+        def wait_for_writes() -> None:
+            with self.ws.write_lock.held():  # in-flight store and output writes finish first
+                done.set()
+
+        threading.Thread(target=wait_for_writes, daemon=True).start()
+        if not done.wait(SHUTDOWN_GRACE):
+            log.warning("a write did not finish within %.0fs; exiting anyway", SHUTDOWN_GRACE)
+
+    # -- jobs -------------------------------------------------------------------------------
+    def _schedule(self, source_id: str, when: datetime) -> None:
+        if self.stop.is_set():
+            return
+        self.scheduler.add_job(self.poll_job, "date", run_date=when, args=[source_id],
+                               id=f"poll:{source_id}", replace_existing=True)
+
+    def poll_job(self, source_id: str) -> None:
+        source = self.config.source(source_id)
+        if source is None or not source.enabled or self.stop.is_set():
+            return
+        try:
+            fetched = fetch_stage(self.ws, source, utc_now, self.fetcher)
+            if self.stop.is_set():
+                return  # shutting down: store nothing half-way; the next start re-polls
+            report = store_stage(self.ws, source, fetched)
+        except Exception:  # keep the daemon alive whatever one source does
+            log.exception("%s: poll failed", source_id)
+            self._reschedule(source)
+            return
+        if report.status == "error":
+            log.warning("poll %s error %s (%.1fs)", source_id, report.error, report.seconds)
+        elif report.status == "skipped":
+            log.info("poll %s skipped: %s", source_id, report.error)
+        else:
+            log.info("poll %s %s new=%d updated=%d (%.1fs)", source_id, report.status,
+                     report.new, report.updated, report.seconds)
+        if report.new or report.updated:
+            self.request_publish()
+        self._reschedule(source)
+
+    def _reschedule(self, source: Source) -> None:
+        if self.stop.is_set():
+            return
+        state = self.ws.index.source_state(source.id)
+        self._schedule(source.id, next_poll_at(source, state, utc_now(), self.rng))
+
+    def request_publish(self) -> None:
+        """Publish soon: many polls finishing together cause one publish, not one each."""
+        if self.stop.is_set() or self.scheduler.get_job("publish") is not None:
+            return
+        self.scheduler.add_job(self.publish, "date", run_date=utc_now() + PUBLISH_DELAY,
+                               id="publish", replace_existing=True)
+
+    def publish(self) -> None:
+        from aggregator.publish import publish
+
+        with self._publish_lock:
+            try:
+                result = publish(self.ws)
+            except AggregatorError as e:
+                log.error("publish failed: %s", e)
+                return
+            except Exception:
+                log.exception("publish failed")
+                return
+        for problem in result.broken:
+            log.warning("skipped broken store file %s", problem)
+        log.info("published %d feeds (%d files written)", result.feeds, result.written)
+
+    def check_config(self) -> None:
+        """Pick up feeds.yaml edits: sources added, removed or changed; no restart."""
+        signature = _config_signature(self.config_path)
+        if signature == self._config_sig or signature is None:
+            return
+        self._config_sig = signature
+        try:
+            new = load_config(self.config_path)
+        except ConfigError as e:
+            log.error("%s; keeping the running config", e)
+            return
+        old = self.config
+        if new.store_dir.resolve() != old.store_dir.resolve() or (
+                new.output_dir.resolve() != old.output_dir.resolve()):
+            log.error("%s: store and output cannot change while running; restart the daemon "
+                      "(keeping the running config)", self.config_path)
+            return
+        self.ws.config = new
+        old_sources = {s.id: s for s in old.sources}
+        now = utc_now()
+        for source in new.sources:
+            before = old_sources.pop(source.id, None)
+            if not source.enabled:
+                self._unschedule(source.id)
+            elif before is None or not before.enabled or before.url != source.url:
+                log.warning("source %s %s; polling it now", source.id,
+                            "added" if before is None else "changed")
+                self._schedule(source.id, now)
+            elif before != source:
+                self._reschedule(source)
+        for removed in old_sources:
+            log.warning("source %s removed", removed)
+            self._unschedule(removed)
+        self.request_publish()
+
+    def _unschedule(self, source_id: str) -> None:
+        try:
+            self.scheduler.remove_job(f"poll:{source_id}")
+        except JobLookupError:
+            pass
+
+
+def run_daemon(config_path: Path, *, serve_at: tuple[str, int] | None = None,
+               workers: int = 8) -> None:
+    """Run until SIGTERM/SIGINT; raises LockedError if another daemon holds the store."""
+    config = load_config(config_path)
+    lock = DaemonLock(config.store_dir / ".aggregator" / "daemon.lock")
+    lock.acquire()
+    daemon = Daemon(config_path, config, workers=workers, serve_at=serve_at)
+    stop_requested = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.warning("received %s, stopping", signal.Signals(signum).name)
+        stop_requested.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        daemon.start()
+        while not stop_requested.wait(1.0):
+            pass
+    finally:
+        daemon.shutdown()
+        lock.release()
+        for handler in logging.getLogger().handlers:
+            handler.flush()
+        sys.stdout.flush()
+        sys.stderr.flush()
+    # Threads blocked in a network read would hold the interpreter up to their read
+    # timeout; every write has finished, so leave now.
+    os._exit(0)
