@@ -118,10 +118,38 @@ def _progress(total: int, enabled: bool, label: str) -> Iterator[Callable[[str],
         task = bar.add_task(label, total=total)
 
         def advance(line: str) -> None:
-            console.print(line, markup=False, highlight=False)
+            if line:
+                console.print(line, markup=False, highlight=False)
             bar.advance(task)
 
         yield advance
+
+
+def _quiet_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    """-q after the command too (aggregator poll -q), as well as before it."""
+
+    def set_quiet(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+        if value:
+            ctx.find_object(Context).quiet = True  # type: ignore[union-attr]
+            logging.getLogger().setLevel(logging.ERROR)
+
+    return click.option("-q", "--quiet", is_flag=True, expose_value=False, callback=set_quiet,
+                        help="Print nothing but errors.")(f)
+
+
+def _summary_table(reports: list[SourceReport]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(box=None, header_style="bold")
+    for col, justify in (("source", "left"), ("status", "left"), ("new", "right"),
+                         ("updated", "right"), ("seconds", "right"), ("note", "left")):
+        table.add_column(col, justify=justify)  # type: ignore[arg-type]
+    styles = {"ok": "green", "not_modified": "dim", "error": "red", "skipped": "yellow"}
+    for r in reports:
+        table.add_row(r.id, f"[{styles[r.status]}]{r.status}[/]", str(r.new), str(r.updated),
+                      f"{r.seconds:.1f}", r.error or r.warning or "")
+    Console(stderr=True).print(table)
 
 
 @main.command()
@@ -129,6 +157,7 @@ def _progress(total: int, enabled: bool, label: str) -> Iterator[Callable[[str],
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("--force", is_flag=True,
               help="Poll even sources that are backing off or waiting out Retry-After.")
+@_quiet_option
 @click.pass_obj
 def poll(ctx: Context, ids: tuple[str, ...], as_json: bool, force: bool) -> None:
     """Poll every enabled source (or the given ones) once, now."""
@@ -141,9 +170,15 @@ def poll(ctx: Context, ids: tuple[str, ...], as_json: bool, force: bool) -> None
         except AggregatorError as e:
             fail(str(e), EXIT_USAGE)
         show = not ctx.quiet and not as_json
-        with _progress(len(sources), show and sys.stderr.isatty(), "polling") as emit:
+        terminal = show and sys.stderr.isatty()
+        with _progress(len(sources), terminal, "polling") as emit:
+            def on_report(r: SourceReport) -> None:
+                emit("" if terminal else _report_line(r))
+
             reports = run_poll(ws, sources, utc_now, force=force,
-                               on_report=(lambda r: emit(_report_line(r))) if show else None)
+                               on_report=on_report if show else None)
+        if terminal:
+            _summary_table(reports)
     new = sum(r.new for r in reports)
     updated = sum(r.updated for r in reports)
     errors = sum(r.status == "error" for r in reports)
@@ -163,6 +198,7 @@ def poll(ctx: Context, ids: tuple[str, ...], as_json: bool, force: bool) -> None
 # -- publish ------------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@_quiet_option
 @click.pass_obj
 def publish(ctx: Context, as_json: bool) -> None:
     """Write every feed (RSS, Atom, JSON Feed), index.html and feeds.opml to the output."""

@@ -30,11 +30,13 @@ from aggregator.dedupe import (
 )
 from aggregator.errors import AggregatorError, FetchError, SourceError, StoreError
 from aggregator.fetch import Fetcher
+from aggregator.fulltext import enrich_entries
 from aggregator.index import Index, ItemRecord, SourceState, now_iso
 from aggregator.items import build_item, passes_filters
 from aggregator.lock import WriteLock
 from aggregator.model import (
     Config,
+    Entry,
     FetchResult,
     HttpState,
     Item,
@@ -143,6 +145,9 @@ def fetch_stage(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher,
         if result.status == "not_modified":
             return Fetched(now, started, state, result=result)
         parsed = parse_feed(result.body, result.headers, result.url, source.id)
+        if source.full_text:
+            parsed = replace(parsed, entries=enrich_entries(
+                parsed.entries, source, fetcher, lambda e: _is_known(ws, source, e)))
     except SourceError as e:
         return Fetched(now, started, _error_state(source, state, now, e),
                        SourceReport(source.id, "error", error=f"{e.detail} ({e.url})"))
@@ -151,6 +156,11 @@ def fetch_stage(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher,
         return Fetched(now, started, state, SourceReport(
             source.id, "error", error=f"internal error: {type(e).__name__}: {e}"))
     return Fetched(now, started, state, result=result, parsed=parsed)
+
+
+def _is_known(ws: Workspace, source: Source, entry: Entry) -> bool:
+    keys = entry_keys(source.id, entry.entry_id, entry.link, "", "", None)
+    return ws.index.find(k for k in keys if k.startswith(("id:", "link:"))) is not None
 
 
 def _error_state(source: Source, state: SourceState, now: datetime,
@@ -327,13 +337,22 @@ def reindex(ws: Workspace) -> tuple[int, list[StoreError]]:
     count = 0
     with ws.write_lock.held():
         sweep_temp_files(ws.store.tmp_dir)
-        deleted = ws.index.deleted_items()
+        files = sorted(rel for rel, _stat in ws.store.scan())
         previous = ws.index.written_hashes()
+        # A file of ours that a person deleted since the last poll: record the deletion
+        # now, or the rebuilt index forgets the item and the next poll brings it back.
+        present = set(files)
+        with ws.index.transaction() as db:
+            for rel, (written, _updates) in previous.items():
+                record = ws.index.item(rel)
+                if rel not in present and written is not None and record and not record.deleted:
+                    ws.index.record_item(db, replace(record, deleted=True), [], {})
+        deleted = ws.index.deleted_items()
         with ws.index.transaction() as db:
             ws.index.clear_items(db)
             for record, keys, sources in deleted:
                 ws.index.record_item(db, record, keys, dict.fromkeys(sources))
-            for rel, _stat in sorted(ws.store.scan()):
+            for rel in files:
                 try:
                     item, data = ws.store.load(rel)
                 except StoreError as e:

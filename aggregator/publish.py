@@ -67,6 +67,7 @@ class PublishResult:
     items: int = 0
     broken: list[StoreError] = field(default_factory=list)
     changed_feeds: list[str] = field(default_factory=list)
+    changed_urls: list[str] = field(default_factory=list)  # topics to ping a WebSub hub for
 
 
 # -- load --------------------------------------------------------------------------------------
@@ -459,6 +460,8 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
                     result.unchanged += 1
             if changed:
                 result.changed_feeds.append(key)
+                result.changed_urls.extend(feed_url(config.site.base_url, spec, n)
+                                           for n in FEED_FILES)
         result.feeds = len(feeds)
         stale = [k for k in old_signatures if k not in new_signatures]
         for key in stale:
@@ -470,6 +473,10 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
             else:
                 result.unchanged += 1
         ws.index.save_output_signatures(new_signatures, stale)
+    if config.site.websub_hub and result.changed_urls:
+        from aggregator.websub import ping_hub
+
+        ping_hub(config.site.websub_hub, result.changed_urls)
     return result
 
 
