@@ -373,7 +373,10 @@ def import_opml(ctx: Context, file: Path) -> None:
         added, skipped = run_import(config, file)
     for line in skipped:
         click.echo(f"skipped {line}", err=True)
-    click.echo(f"added {len(added)} sources to {config.path}: {', '.join(added)}", err=True)
+    if added:
+        click.echo(f"added {len(added)} sources to {config.path}: {', '.join(added)}", err=True)
+    else:
+        click.echo(f"added nothing to {config.path} ({len(skipped)} skipped)", err=True)
 
 
 @main.command("export-opml")

@@ -31,7 +31,8 @@ _SIZE_UNITS = {"": 1, "b": 1, "k": 1024, "m": 1024**2, "g": 1024**3}
 
 # Keys the store writes itself; front_matter extras may not shadow them.
 RESERVED_FRONT_MATTER = frozenset(
-    ["title", "date", "summary", "categories", "lang", "tags", "thumbnail", "author", "link", "source", "guid", "sources", "lastmod"]
+    ["title", "date", "summary", "categories", "lang", "tags", "thumbnail", "author", "link",
+     "source", "guid", "sources", "lastmod"]
 )
 
 SITE_KEYS = {"title", "description", "base_url", "language", "timezone", "websub_hub"}
@@ -60,9 +61,12 @@ def parse_duration(value: Any) -> timedelta:
     if not seconds > 0:  # also refuses NaN
         raise ValueError(value)
     try:
-        return timedelta(seconds=seconds)
+        delta = timedelta(seconds=seconds)
     except OverflowError:  # '.inf' or '99999999999999d': a config error, not a traceback
         raise ValueError(value) from None
+    if not delta:  # '0.0000001s' rounds to nothing: a poll loop with no pause
+        raise ValueError(value)
+    return delta
 
 
 def parse_size(value: Any) -> int:
@@ -206,7 +210,7 @@ def validate(document: Any, path: Path) -> Config:
     site_node = check.mapping(top.get("site"), "site", SITE_KEYS, top, "site")
     base_url = check.string(site_node, "base_url", "site", default="http://127.0.0.1:8000/")
     assert base_url is not None
-    if urlsplit(base_url).scheme not in ("http", "https") or not urlsplit(base_url).netloc:
+    if not _is_web_url(base_url):
         raise check.fail(f"expected an http(s) URL, got {_show(base_url)}", "site.base_url",
                          None, site_node, "base_url")
     if not base_url.endswith("/"):
@@ -218,7 +222,7 @@ def validate(document: Any, path: Path) -> Config:
         raise check.fail(f"unknown time zone {_show(timezone)} (use a name like Asia/Shanghai)",
                          "site.timezone", None, site_node, "timezone") from None
     hub = check.string(site_node, "websub_hub", "site")
-    if hub is not None and urlsplit(hub).scheme not in ("http", "https"):
+    if hub is not None and not _is_web_url(hub):
         raise check.fail(f"expected an http(s) URL, got {_show(hub)}", "site.websub_hub",
                          None, site_node, "websub_hub")
     site = Site(
@@ -304,8 +308,11 @@ def _source(check: _Checker, node: Mapping[str, Any], key: str, base_dir: Path,
             try:
                 re.compile(pattern)
             except re.error as e:
+                # The pattern's own line when the patterns are a list, else the key's.
+                listed = node[name] if isinstance(node[name], list) else None
                 raise check.fail(f"invalid regular expression {_show(pattern)}: {e}",
-                                 f"{key}.{name}[{j}]", None, node, name) from None
+                                 f"{key}.{name}[{j}]", None, listed if listed is not None
+                                 else node, j if listed is not None else name) from None
         patterns[name] = values
     return Source(
         id=source_id,
@@ -328,22 +335,39 @@ def _source(check: _Checker, node: Mapping[str, Any], key: str, base_dir: Path,
     )
 
 
+def _is_web_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # 'http://[bad': an error message, not a traceback
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.netloc)
+
+
 def _source_url(raw: str, base_dir: Path) -> str | None:
     raw = raw.strip()
-    scheme = urlsplit(raw).scheme.lower()
-    if scheme in ("http", "https"):
-        return raw if urlsplit(raw).netloc else None
-    if scheme == "file":
+    try:
         parts = urlsplit(raw)
+    except ValueError:  # 'http://[bad'
+        return None
+    scheme = parts.scheme.lower()
+    if scheme in ("http", "https"):
+        return raw if parts.netloc else None
+    if scheme == "file":
         if parts.netloc in ("", "localhost") and not parts.path.startswith("/"):
             # 'file:feeds/a.xml' is relative too: to the config file's folder, not the cwd.
-            return _resolve(base_dir, unquote(parts.path)).absolute().as_uri()
+            return _file_uri(_resolve(base_dir, unquote(parts.path)))
         return raw
     if scheme and len(scheme) > 1:  # a one-letter scheme is a Windows drive, i.e. a path
         return None
     if not raw:
         return None
-    return _resolve(base_dir, raw).absolute().as_uri()
+    return _file_uri(_resolve(base_dir, raw))
+
+
+def _file_uri(path: Path) -> str:
+    # abspath, not Path.absolute(): 'x/../feeds/a.xml' must give the same URL (the key of
+    # the source's HTTP state) as 'feeds/a.xml', whatever folder the command ran from.
+    return Path(os.path.abspath(path)).as_uri()
 
 
 def _resolve(base_dir: Path, value: str) -> Path:

@@ -127,6 +127,7 @@ class Daemon:
         source = self.config.source(source_id)
         if source is None or not source.enabled or self.stop.is_set():
             return
+        before = self.ws.index.source_state(source_id)
         try:
             fetched = fetch_stage(self.ws, source, utc_now, self.fetcher)
             if self.stop.is_set():
@@ -134,7 +135,7 @@ class Daemon:
             report = store_stage(self.ws, source, fetched)
         except Exception:  # keep the daemon alive whatever one source does
             log.exception("%s: poll failed", source_id)
-            self._reschedule(source)
+            self._reschedule(source, unrecorded=True)
             return
         if report.status == "error":
             log.warning("poll %s error %s (%.1fs)", source_id, report.error, report.seconds)
@@ -145,13 +146,19 @@ class Daemon:
                      report.new, report.updated, report.seconds)
         if report.new or report.updated:
             self.request_publish()
-        self._reschedule(source)
+        # An internal error (a bug caught in the pipeline) saves the state unchanged, so
+        # next_poll_at would say "now" again and the job would hammer the server.
+        unrecorded = report.status == "error" and self.ws.index.source_state(source_id) == before
+        self._reschedule(source, unrecorded=unrecorded)
 
-    def _reschedule(self, source: Source) -> None:
+    def _reschedule(self, source: Source, *, unrecorded: bool = False) -> None:
         if self.stop.is_set():
             return
-        state = self.ws.index.source_state(source.id)
-        self._schedule(source.id, next_poll_at(source, state, utc_now(), self.rng))
+        now = utc_now()
+        when = next_poll_at(source, self.ws.index.source_state(source.id), now, self.rng)
+        if unrecorded:  # the poll left no trace in the state: still wait one interval
+            when = max(when, now + source.interval)
+        self._schedule(source.id, when)
 
     def request_publish(self) -> None:
         """Publish soon: many polls finishing together cause one publish, not one each."""

@@ -32,6 +32,7 @@ ACCEPT = ("application/atom+xml, application/rss+xml, application/feed+json;q=0.
           "application/rdf+xml;q=0.9, application/xml;q=0.9, text/xml;q=0.8, "
           "application/json;q=0.7, */*;q=0.5")
 MAX_REDIRECTS = 5
+MAX_RETRY_AFTER_SECONDS = 7 * 86400  # the longest Retry-After we honour
 PER_HOST = 2
 CHUNK = 64 * 1024
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)", re.I)
@@ -105,6 +106,10 @@ class Fetcher:
                 raise fail(f"cannot connect: {_reason(e)}") from e
             except requests.RequestException as e:
                 raise fail(f"request failed: {_reason(e)}") from e
+            except (ValueError, UnicodeError) as e:
+                # requests lets a malformed Location through ("http://[::1", raw non-UTF-8
+                # bytes); it fails while following it, outside its own exception tree.
+                raise fail(f"invalid redirect: {_reason(e)}") from e
             with response:
                 return self._read_response(source, url, response, deadline, fail)
 
@@ -199,14 +204,15 @@ def retry_after(value: str | None, now: datetime) -> timedelta | None:
         return None
     value = value.strip()
     if value.isdigit():
-        return timedelta(seconds=int(value))
+        # Capped: a huge number would overflow timedelta, and a server cannot ask for ever.
+        return timedelta(seconds=min(int(value), MAX_RETRY_AFTER_SECONDS))
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
         return None
     if when.tzinfo is None:
         when = when.replace(tzinfo=UTC)
-    return max(when - now, timedelta(0))
+    return min(max(when - now, timedelta(0)), timedelta(seconds=MAX_RETRY_AFTER_SECONDS))
 
 
 def _max_age(headers: dict[str, str]) -> timedelta | None:

@@ -16,7 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from aggregator import __version__
 from aggregator.content import is_web_url
 from aggregator.model import Config, FeedSpec
-from aggregator.slug import term_slug, url_segment
+from aggregator.slug import assign_slugs, url_segment
 
 if TYPE_CHECKING:
     from aggregator.publish import Entry
@@ -24,10 +24,13 @@ if TYPE_CHECKING:
 LATEST = 30
 LABELS = {
     "zh": {"subscribe": "订阅", "latest": "最新文章", "empty": "还没有文章：先运行 aggregator poll。",
-           "all": "全部", "tag": "标签", "category": "分类", "source": "来源",
+           "all": "全部", "tag": "标签", "category": "分类", "source": "来源", "colon": "：",
+           "subscribe_all": "订阅全部 %(count)d 篇",
            "footer": "共 %(count)d 篇文章，%(feeds)d 个订阅源"},
     "en": {"subscribe": "Subscribe", "latest": "Latest", "empty": "No items yet: run aggregator poll.",
            "all": "All items", "tag": "Tags", "category": "Categories", "source": "Sources",
+           "colon": ": ",
+           "subscribe_all": "Subscribe to all %(count)d items",
            "footer": "%(count)d items in %(feeds)d feeds"},
 }
 
@@ -45,6 +48,14 @@ def _links(spec: FeedSpec) -> dict[str, str]:
     return {"rss": folder + "index.xml", "atom": folder + "atom.xml", "json": folder + "feed.json"}
 
 
+def _feed_name(site_title: str, spec: FeedSpec) -> str:
+    """What the page calls a feed: the term, or for a source its title without the site's."""
+    if spec.kind != "source":
+        return spec.term
+    prefix = f"{site_title} · "
+    return spec.title[len(prefix):] if spec.title.startswith(prefix) else spec.title
+
+
 def render_index_html(config: Config, feeds: Mapping[FeedSpec, Sequence[Entry]],
                       counts: Mapping[FeedSpec, int], entries: Sequence[Entry]) -> bytes:
     site = config.site
@@ -54,29 +65,40 @@ def render_index_html(config: Config, feeds: Mapping[FeedSpec, Sequence[Entry]],
     for kind in ("category", "source", "tag"):
         specs = sorted((s for s in feeds if s.kind == kind),
                        key=lambda s: (-counts.get(s, 0), s.term.casefold(), s.slug))
-        groups.append({"title": t[kind], "feeds": [
-            {"name": s.title.split(" · ", 1)[-1] if kind == "source" else s.term,
-             "count": counts.get(s, 0), **_links(s)} for s in specs]})
-    source_titles = {s.id: s.title for s in config.sources}
+        groups.append({"id": kind, "title": t[kind], "feeds": [
+            {"name": _feed_name(site.title, s), "count": counts.get(s, 0), **_links(s)}
+            for s in specs]})
+    # An item names its source as the source's feed does (the configured title, else
+    # the feed's own), and links to that feed only when one was published.
+    source_feeds = {s.term: s for s in feeds if s.kind == "source"}
+    # The same folders as publish.group_feeds gave the tags (not term_slug alone).
+    tag_slugs = assign_slugs(t for e in entries for t in e.item.tags)
+    site_lang = site.language.casefold()
     latest = []
     for e in sorted(entries, key=lambda e: e.sort_key)[:LATEST]:
         item = e.item
         source = item.source
+        spec = source_feeds.get(source) if source else None
+        lang = item.lang[0] if item.lang else ""
         latest.append({
             "title": item.title,
             "link": item.link if is_web_url(item.link) else None,
+            # Marked only where it differs from the page's, so the browser picks fitting
+            # fonts (Chinese glyphs in an English page, and the reverse).
+            "lang": lang if lang and lang.casefold() != site_lang else "",
             "date_iso": item.date.isoformat(),
             "date_text": item.date.strftime("%Y-%m-%d %H:%M"),
-            "source": (source_titles.get(source) or source) if source else None,
-            "source_feed": f"sources/{url_segment(term_slug(source))}/index.xml" if source else "",
+            "source": (_feed_name(site.title, spec) if spec else source) if source else None,
+            "source_feed": _links(spec)["rss"] if spec else "",
             "author": item.author,
             "summary": item.summary,
-            "tags": [{"name": tag, "href": f"tags/{url_segment(term_slug(tag))}/index.xml"}
+            "tags": [{"name": tag, "href": f"tags/{url_segment(tag_slugs[tag])}/index.xml"}
                      for tag in item.tags[:8]],
         })
     html = _env().get_template("index.html.j2").render(
-        site=site, t=t, all_feed=_links(all_spec), groups=groups, latest=latest,
-        item_count=len(entries), feed_count=len(feeds), generator=f"aggregator {__version__}")
+        site=site, t=t, all_feed=_links(all_spec), all_count=counts.get(all_spec, len(entries)),
+        groups=groups, latest=latest, item_count=len(entries), feed_count=len(feeds),
+        generator=f"aggregator {__version__}")
     return html.encode("utf-8")
 
 
@@ -104,6 +126,6 @@ def render_opml(config: Config, feeds: Mapping[FeedSpec, Sequence[Entry]]) -> by
             continue
         folder = ET.SubElement(body, "outline", text=t[kind], title=t[kind])
         for spec in specs:
-            outline(folder, spec, spec.title.split(" · ", 1)[-1] if kind == "source" else spec.term)
+            outline(folder, spec, _feed_name(site.title, spec))
     ET.indent(root)
     return ET.tostring(root, encoding="utf-8", xml_declaration=True) + b"\n"

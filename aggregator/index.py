@@ -127,6 +127,7 @@ class Index:
         except (sqlite3.Error, OSError) as e:
             raise StoreError(f"cannot open the index: {e}", path=path) from e
         self._lock = threading.RLock()
+        self._depth = 0
 
     def _migrate(self) -> bool:
         """Bring an index written by an older version up to date; True if items must be
@@ -153,15 +154,26 @@ class Index:
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One SQLite transaction; nested uses join the outer one (a feed's items commit
+        together, which is what makes a cold poll of 20,000 items fast)."""
         with self._lock:
+            if self._depth:
+                self._depth += 1
+                try:
+                    yield self._db
+                finally:
+                    self._depth -= 1
+                return
             self._db.execute("BEGIN IMMEDIATE")
+            self._depth = 1
             try:
                 yield self._db
             except BaseException:
+                self._depth = 0
                 self._db.execute("ROLLBACK")
                 raise
-            else:
-                self._db.execute("COMMIT")
+            self._depth = 0
+            self._db.execute("COMMIT")
 
     def _query(self, sql: str, params: Iterable[object] = ()) -> list[tuple]:
         with self._lock:
@@ -170,11 +182,12 @@ class Index:
     # -- dedupe keys and items -------------------------------------------------------
     def find(self, keys: Iterable[str]) -> str | None:
         """The path of the first key (in the given order) the index knows."""
-        for key in keys:
-            rows = self._query("SELECT path FROM keys WHERE key = ?", (key,))
-            if rows:
-                return rows[0][0]
-        return None
+        keys = list(keys)
+        if not keys:
+            return None
+        marks = ",".join("?" * len(keys))
+        found = dict(self._query(f"SELECT key, path FROM keys WHERE key IN ({marks})", keys))
+        return next((found[k] for k in keys if k in found), None)
 
     def item(self, path: str) -> ItemRecord | None:
         rows = self._query("SELECT path, source, written_hash, updates, deleted "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 from datetime import datetime, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -13,8 +14,10 @@ from aggregator.content import (
     html_to_markdown,
     markdown_image,
     markdown_link,
+    markdown_url,
     plain_text,
     sanitize_html,
+    scrub_surrogates,
     shorten,
     title_from_text,
 )
@@ -47,6 +50,7 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
     argument so this stays a pure function.
     """
     tz = ZoneInfo(site.timezone)
+    entry = _scrubbed(entry)
     clean_html = sanitize_html(entry.content_html, entry.base_url or entry.link)
     text = plain_text(clean_html)
     title = entry.title.strip() or title_from_text(text)
@@ -68,7 +72,8 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
 
     thumbnail = absolute_url(entry.thumbnail, entry.base_url) if entry.thumbnail else None
     body = html_to_markdown(clean_html)
-    if thumbnail and thumbnail not in body:
+    # The body holds URLs as Markdown link targets (percent-encoded): look for that form too.
+    if thumbnail and thumbnail not in body and markdown_url(thumbnail) not in body:
         body = markdown_image(title, thumbnail) + ("\n\n" + body if body else "")
     if entry.link:
         body = (body + "\n\n" if body else "") + markdown_link(source_title(source, feed),
@@ -90,6 +95,15 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
         extra=freeze(front_matter),
         body=body + "\n",
     )
+
+
+def _scrubbed(entry: Entry) -> Entry:
+    """The entry with lone surrogates (from JSON escapes) replaced: a file holds only UTF-8."""
+    texts = {name: scrub_surrogates(value) for name in (
+        "entry_id", "link", "title", "content_html", "summary_html", "author", "thumbnail",
+        "base_url") if isinstance(value := getattr(entry, name), str)}
+    return replace(entry, categories=tuple(scrub_surrogates(c) for c in entry.categories),
+                   **texts)
 
 
 def _lang_tag(lang: str) -> str:

@@ -11,9 +11,11 @@ import calendar
 import json
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
-from html import escape, unescape
+from html import escape
+from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urljoin
 
@@ -21,6 +23,7 @@ import feedparser
 
 from aggregator.content import absolute_url, first_image, plain_text
 from aggregator.errors import ParseError
+from aggregator.fastparse import parse_fast
 from aggregator.model import Entry, ParsedFeed
 
 # Labels whose real-world content is a superset encoding (the WHATWG Encoding
@@ -39,9 +42,6 @@ _XML_DECL = re.compile(rb"^(\s*<\?xml[^>]*?encoding\s*=\s*[\"'])([A-Za-z0-9._:-]
 _CHARSET = re.compile(r"charset\s*=\s*[\"']?([A-Za-z0-9._:-]+)", re.I)
 _UPDATE_PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 604800, "monthly": 2592000,
                    "yearly": 31536000}
-_FEED_LINK = re.compile(
-    r"<link\b(?=[^>]*\brel\s*=\s*[\"']?alternate)(?=[^>]*\btype\s*=\s*[\"']?application/"
-    r"(?:rss|atom|feed)\+(?:xml|json))[^>]*\bhref\s*=\s*[\"']?([^\"'\s>]+)", re.I)
 
 
 def parse_feed(body: bytes, headers: Mapping[str, str], url: str, source_id: str = "") -> ParsedFeed:
@@ -58,6 +58,10 @@ def parse_feed(body: bytes, headers: Mapping[str, str], url: str, source_id: str
 
 def _parse_xml(body: bytes, headers: dict[str, str], url: str, source_id: str) -> ParsedFeed:
     body, headers = _normalize_encoding(body, headers)
+    if _document_decides_encoding(body, headers):
+        fast = parse_fast(body, url)
+        if fast is not None:
+            return fast
     headers.setdefault("content-location", url)
     headers.setdefault("content-type", "application/xml")  # local files: let the document decide
     try:
@@ -73,7 +77,7 @@ def _parse_xml(body: bytes, headers: dict[str, str], url: str, source_id: str) -
     warning = None
     if parsed.bozo:
         warning = f"ill-formed feed, read anyway: {_bozo_text(parsed.bozo_exception)}"
-    entries = tuple(_xml_entry(e, base) for e in parsed.entries)
+    entries = tuple(_xml_entry(e, base, url) for e in parsed.entries)
     return ParsedFeed(
         title=plain_text(feed.get("title", "")) or None,
         link=absolute_url(feed.get("link"), url),
@@ -107,6 +111,16 @@ def _normalize_encoding(body: bytes, headers: dict[str, str]) -> tuple[bytes, di
     headers["content-type"] = (media_type if media_type and not media_type.startswith("text/")
                                else "application/xml") + "; charset=utf-8"
     return utf8, headers
+
+
+def _document_decides_encoding(body: bytes, headers: Mapping[str, str]) -> bool:
+    """True when lxml, which reads only the XML declaration, decodes as RFC 3023 says."""
+    http = _CHARSET.search(headers.get("content-type", ""))
+    if http is None:
+        return True
+    decl = _XML_DECL.match(body[:200])
+    declared = decl.group(2).decode("ascii") if decl else "utf-8"
+    return http.group(1).lower().replace("_", "-") == declared.lower().replace("_", "-")
 
 
 def _not_a_feed(body: bytes, parsed: Any, url: str) -> str:
@@ -150,7 +164,7 @@ def _struct_to_datetime(value: Any) -> datetime | None:
         return None
 
 
-def _xml_entry(e: Mapping[str, Any], feed_base: str) -> Entry:
+def _xml_entry(e: Mapping[str, Any], feed_base: str, document_url: str = "") -> Entry:
     link = absolute_url(e.get("link"), feed_base)
     contents = [c for c in e.get("content", []) if c.get("value")]
     html_contents = [c for c in contents if "html" in (c.get("type") or "")]
@@ -163,10 +177,10 @@ def _xml_entry(e: Mapping[str, Any], feed_base: str) -> Entry:
         content_html = content["value"]
         if "html" not in (content.get("type") or "text/html"):
             content_html = "<p>" + escape(content_html).replace("\n\n", "</p><p>") + "</p>"
-        base = content.get("base") or link or feed_base
+        base = _explicit_base(content.get("base"), document_url) or link or feed_base
     else:
         content_html = summary
-        base = summary_detail.get("base") or link or feed_base
+        base = _explicit_base(summary_detail.get("base"), document_url) or link or feed_base
     if not absolute_url(base, None):
         base = link or feed_base
     title = e.get("title", "") or ""
@@ -189,12 +203,19 @@ def _xml_entry(e: Mapping[str, Any], feed_base: str) -> Entry:
         content_html=content_html or "",
         summary_html=summary if content is not None else "",
         published=_struct_to_datetime(e.get("published_parsed")),
-        updated=_struct_to_datetime(e.get("updated_parsed")),
+        # `in` first: a bare get() falls back to published_parsed with a DeprecationWarning.
+        updated=_struct_to_datetime(e.get("updated_parsed") if "updated_parsed" in e else None),
         author=plain_text(author) if author else None,
         categories=tuple(categories),
         thumbnail=_thumbnail(e, content_html, base),
         base_url=base or "",
     )
+
+
+def _explicit_base(base: str | None, document_url: str) -> str | None:
+    """An xml:base the feed set; the document's own URL is not one (relative URLs in
+    RSS are resolved against the item's link, as readers do)."""
+    return base if base and base != document_url else None
 
 
 def _thumbnail(e: Mapping[str, Any], content_html: str, base: str) -> str | None:
@@ -206,9 +227,9 @@ def _thumbnail(e: Mapping[str, Any], content_html: str, base: str) -> str | None
         if kind.startswith("image") and (url := absolute_url(media.get("url"), base)):
             return url
     for link in e.get("links", []) or []:
-        if link.get("rel") == "enclosure" and (link.get("type") or "").startswith("image/"):
-            if url := absolute_url(link.get("href"), base):
-                return url
+        if (link.get("rel") == "enclosure" and (link.get("type") or "").startswith("image/")
+                and (url := absolute_url(link.get("href"), base))):
+            return url
     return absolute_url(first_image(content_html), base)
 
 
@@ -218,6 +239,9 @@ def parse_json_feed(body: bytes, url: str, source_id: str = "") -> ParsedFeed:
         doc = json.loads(body.decode("utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise ParseError(f"not a feed: invalid JSON: {e}", source_id=source_id, url=url) from e
+    except RecursionError as e:  # '[[[[...' nested deeper than the interpreter's stack
+        raise ParseError("not a feed: JSON nested too deeply", source_id=source_id,
+                         url=url) from e
     if not isinstance(doc, dict) or not str(doc.get("version", "")).startswith(
             "https://jsonfeed.org/version/"):
         raise ParseError("not a feed: JSON without a jsonfeed.org version", source_id=source_id,
@@ -287,5 +311,59 @@ def _json_entry(item: Mapping[str, Any], base: str) -> Entry:
 
 def discover_feed_links(html_text: str, page_url: str) -> list[str]:
     """Feed URLs an HTML page announces with <link rel="alternate" type=...>."""
-    # The href is HTML attribute text: "&amp;" in it means "&".
-    return [urljoin(page_url, unescape(m.group(1))) for m in _FEED_LINK.finditer(html_text)]
+    return [link.url for link in discover_feeds(html_text, page_url)]
+
+
+FEED_MEDIA_TYPES = {"application/rss+xml": "RSS", "application/atom+xml": "Atom",
+                    "application/feed+json": "JSON Feed"}
+
+
+@dataclass(frozen=True)
+class FeedLink:
+    """A feed an HTML page announces: absolute URL, format label, the link's title."""
+
+    url: str
+    kind: str  # "RSS", "Atom" or "JSON Feed"
+    title: str = ""
+
+
+class _FeedLinkFinder(HTMLParser):
+    """Collects <link rel="alternate" type="application/{rss,atom}+xml|feed+json"> and <base>.
+
+    An HTML parser rather than a regex: attribute order, quoting, case, entities
+    and rel lists such as rel="alternate feed" all vary on real pages.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.base: str | None = None
+        self.found: list[tuple[str, str, str]] = []  # (href, kind, title) in page order
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        values = {name.lower(): (value or "").strip() for name, value in attrs}
+        if tag == "base" and self.base is None and values.get("href"):
+            self.base = values["href"]
+        elif tag == "link" and values.get("href"):
+            media_type = values.get("type", "").split(";")[0].strip().lower()
+            if "alternate" in values.get("rel", "").lower().split() and \
+                    media_type in FEED_MEDIA_TYPES:
+                self.found.append((values["href"], FEED_MEDIA_TYPES[media_type],
+                                   values.get("title", "")))
+
+
+def discover_feeds(html_text: str, page_url: str) -> list[FeedLink]:
+    """Feeds an HTML page announces, in page order, hrefs resolved against <base>/the page."""
+    finder = _FeedLinkFinder()
+    try:
+        # The feeds are announced in <head>; the first 512 KB hold it on any real page.
+        finder.feed(html_text[:512 * 1024])
+        finder.close()
+    except (AssertionError, ValueError):  # HTMLParser on badly broken markup
+        pass
+    base = urljoin(page_url, finder.base) if finder.base else page_url
+    links: list[FeedLink] = []
+    for href, kind, title in finder.found:
+        url = urljoin(base, href)
+        if url.startswith(("http://", "https://", "file:")) and url not in [x.url for x in links]:
+            links.append(FeedLink(url, kind, title))
+    return links

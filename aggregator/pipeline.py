@@ -206,8 +206,10 @@ def store_stage(ws: Workspace, source: Source, fetched: Fetched) -> SourceReport
     state = replace(state, url=source.url, last_poll=now_iso(now), last_status="ok",
                     last_error=None, error_count=0, backoff_until=None, retry_until=None,
                     gone=False, etag=result.etag, last_modified=result.last_modified,
+                    # A 301 stays remembered when its target now redirects temporarily
+                    # (a CDN hop); it is dropped only when that leads back to our URL.
                     permanent_url=result.permanent_url or (
-                        state.permanent_url if result.url == state.permanent_url else None),
+                        state.permanent_url if result.url != source.url else None),
                     min_interval=min_interval or None, title=parsed.title,
                     last_new=applied.new, last_updated=applied.updated)
     ws.index.save_source_state(source.id, state)
@@ -226,7 +228,15 @@ def apply_feed(ws: Workspace, source: Source, parsed: ParsedFeed, now: datetime)
     candidates: list[tuple[Item, list[str], bool]] = []
     skipped = 0
     for entry in parsed.entries:
-        item = build_item(entry, source, parsed, config.site, config.front_matter, now)
+        try:
+            item = build_item(entry, source, parsed, config.site, config.front_matter, now)
+        except RecursionError:
+            # HTML nested thousands deep (hostile or broken) overflows the converter's
+            # recursion: lose that entry, not the whole source.
+            log.warning("%s: skipped an entry whose HTML is nested too deeply (%s)", source.id,
+                        entry.link or entry.entry_id or entry.title[:80])
+            skipped += 1
+            continue
         if item is None:
             log.warning("%s: skipped an entry with no id, link, title or text", source.id)
             skipped += 1
@@ -237,7 +247,9 @@ def apply_feed(ws: Workspace, source: Source, parsed: ParsedFeed, now: datetime)
                           entry.published or entry.updated)
         candidates.append((item, keys, (entry.published or entry.updated) is not None))
     new = updated = 0
-    with ws.write_lock.held():
+    # One index transaction per feed: a file renamed into place before a crash and not
+    # yet committed is adopted by the next poll (see _new_path), never duplicated.
+    with ws.write_lock.held(), ws.index.transaction():
         for item, keys, dated in candidates:
             outcome = _apply_item(ws, source, item, keys, dated, now)
             new += outcome == "new"
@@ -366,6 +378,11 @@ def reindex(ws: Workspace) -> tuple[int, list[StoreError]]:
                     keys.append(f"id:{item.source}\x00{item.guid}")
                 if item.link:
                     keys.append(f"link:{normalize_link(item.link)}")
+                if item.source:
+                    # The text key too, as apply_feed makes it from title and body: an entry
+                    # whose guid rotates and that has no link is known by nothing else.
+                    keys += [k for k in entry_keys(item.source, None, None, item.title,
+                                                   item.body, None) if k.startswith("text:")]
                 sources = item.all_sources
                 ws.index.record_item(db, ItemRecord(rel, item.source, written, updates, False),
                                      keys, dict.fromkeys(sources))

@@ -14,9 +14,11 @@ unchanged store is a no-op and readers see no phantom updates.
 from __future__ import annotations
 
 import hashlib
+import html as html_lib
 import json
 import logging
 import os
+import re
 import shutil
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
@@ -35,7 +37,7 @@ from aggregator.content import is_web_url, markdown_to_html
 from aggregator.errors import PublishError, StoreError
 from aggregator.model import Config, FeedSpec, Item
 from aggregator.pipeline import Workspace
-from aggregator.slug import term_slug, url_segment
+from aggregator.slug import assign_slugs, term_slug, url_segment
 from aggregator.store import file_hash, read_item, sweep_temp_files, write_atomic
 
 log = logging.getLogger("aggregator.publish")
@@ -43,6 +45,25 @@ FEED_FILES = ("index.xml", "atom.xml", "feed.json")
 GENERATOR = f"aggregator {__version__}"
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 OUTPUT_TMP = ".aggregator-tmp"
+# Characters XML 1.0 cannot hold. A JSON Feed or a hand-edited store file can carry
+# them (a title with U+0007); lxml then refuses the whole feed, so they are dropped.
+_XML_INVALID = re.compile("[^\t\n\r\x20-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]")
+
+
+def xml_safe(text: str) -> str:
+    """text without the characters XML 1.0 forbids (control characters, U+FFFE...)."""
+    return _XML_INVALID.sub("", text) if text else text
+
+
+def _xml_safe_item(item: Item) -> Item:
+    def opt(value: str | None) -> str | None:
+        return xml_safe(value) if value else value
+
+    return replace(item, title=xml_safe(item.title), summary=xml_safe(item.summary),
+                   author=opt(item.author), link=opt(item.link), guid=opt(item.guid),
+                   thumbnail=opt(item.thumbnail),
+                   categories=tuple(t for t in map(xml_safe, item.categories) if t),
+                   tags=tuple(t for t in map(xml_safe, item.tags) if t))
 
 
 @dataclass(frozen=True)
@@ -155,13 +176,20 @@ def group_feeds(config: Config, entries: Iterable[Entry], source_titles: Mapping
     site = config.site
     groups: dict[tuple[str, str], list[Entry]] = defaultdict(list)
     names: dict[tuple[str, str], str] = {}
-    entries = list(entries)
+    # Oldest first, not the store's directory-scan order (which differs between file
+    # systems): a term spelt two ways ('AI', 'ai') is named after its first item, the
+    # same on every machine and stable as new items arrive.
+    entries = sorted(entries, key=lambda e: (e.item.date.timestamp(), e.path))
     groups[("all", "")] = list(entries)
     configured = {s.id for s in config.sources}
+    # Folders are assigned per taxonomy over all its terms at once, so a derived slug
+    # never lands in the folder of another term (see slug.assign_slugs).
+    slugs = {"tag": assign_slugs(t for e in entries for t in e.item.tags),
+             "category": assign_slugs(t for e in entries for t in e.item.categories)}
     for entry in entries:
         for kind, terms in (("tag", entry.item.tags), ("category", entry.item.categories)):
             for term in terms:
-                key = (kind, term_slug(term))
+                key = (kind, slugs[kind][term])
                 groups[key].append(entry)
                 names.setdefault(key, term)
         for source_id in _sources_of(entry, listed_by):
@@ -179,7 +207,8 @@ def group_feeds(config: Config, entries: Iterable[Entry], source_titles: Mapping
         else:
             title = f"{site.title} · {term}"
         unique = {e.path: e for e in members}
-        spec = FeedSpec(kind=kind, term=term, slug=slug, title=title)  # type: ignore[arg-type]
+        spec = FeedSpec(kind=kind, term=xml_safe(term), slug=slug,  # type: ignore[arg-type]
+                        title=xml_safe(title))
         feeds[spec] = sorted(unique.values(), key=lambda e: e.sort_key)
     return feeds
 
@@ -266,8 +295,8 @@ def build_feeds(config: Config, spec: FeedSpec, entries: list[Entry], html: Mapp
                           rss=True)
     fg.id(atom_url)
     fg.title(spec.title)
-    fg.subtitle(site.description or spec.title)
-    fg.author(name=site.title)  # Atom wants an author; entries without one inherit this
+    fg.subtitle(xml_safe(site.description) or spec.title)
+    fg.author(name=xml_safe(site.title))  # Atom wants an author; entries inherit it
     if site.websub_hub:
         fg.aggregator.hub = site.websub_hub
     fg.language(site.language)
@@ -277,9 +306,14 @@ def build_feeds(config: Config, spec: FeedSpec, entries: list[Entry], html: Mapp
     fg.ttl(max(1, int(config.defaults.interval.total_seconds() // 60)))
     json_items: list[dict[str, Any]] = []
     for entry in entries:
-        item = entry.item
-        guid = _guid(base, entry)
-        body = html.get(entry.path, "")
+        item = _xml_safe_item(entry.item)
+        guid = _guid(base, replace(entry, item=item))
+        body = xml_safe(html.get(entry.path, ""))
+        if not body and not is_web_url(item.link):
+            # Atom requires an alternate link or content (feedgen refuses the whole feed
+            # otherwise): an entry with no link whose HTML was all sanitized away (it
+            # was only a <script>) carries its summary or title as content.
+            body = f"<p>{html_lib.escape(item.summary or item.title, quote=False)}</p>"
         fe = fg.add_entry(order="append")
         fe.guid(guid, permalink=bool(item.link) and guid == item.link and is_web_url(guid))
         fe.aggregator.atom_id = _atom_id(guid)
@@ -287,7 +321,10 @@ def build_feeds(config: Config, spec: FeedSpec, entries: list[Entry], html: Mapp
         if item.link and is_web_url(item.link):
             fe.link(href=item.link, rel="alternate")
         if item.summary:
-            fe.summary(item.summary)
+            fe.summary(item.summary)  # Atom: type text
+            # RSS readers take <description> as HTML: the plain-text summary is escaped,
+            # or a summary saying "<script>..." (a hand-edited file) would run as markup.
+            fe.description(html_lib.escape(item.summary, quote=False))
         if body:
             fe.content(body, type="html")
         fe.published(item.date)
@@ -302,8 +339,8 @@ def build_feeds(config: Config, spec: FeedSpec, entries: list[Entry], html: Mapp
         origin = item.source
         if origin and origin in source_info:
             title, url = source_info[origin]
-            fe.source(url=url, title=title)
-            fe.aggregator.source_id = url
+            fe.source(url=xml_safe(url), title=xml_safe(title))
+            fe.aggregator.source_id = xml_safe(url)
         json_items.append(_json_item(item, guid, body))
 
     def links(self_url: str) -> list[dict[str, str]]:

@@ -65,6 +65,11 @@ def next_poll_at(source: Source, state: SourceState, now: datetime,
             due = later
     if due < now:
         due = now
+    if is_gone(source, state):
+        # A 410 is final until feeds.yaml gives a new URL (the daemon reschedules that at
+        # once). A skipped poll saves no state, so without this a gone source fell back
+        # to "due now" once its backoff ended and the daemon re-ran it in a tight loop.
+        due = max(due, now + BACKOFF_CAP)
     # Up to 10 % jitter (at most 5 min) so sources with one interval do not fire together.
     spread = min(effective_interval(source, state).total_seconds() * 0.1, 300)
     if rng is not None and last is not None and spread > 0:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections.abc import Iterable
 from urllib.parse import quote
 
 MAX_SLUG_BYTES = 150
@@ -26,6 +27,18 @@ def _kept(ch: str) -> bool:
         return True
     category = unicodedata.category(ch)
     return category[0] in ("L", "M") or category == "Nd"
+
+
+def _go_is_space(ch: str) -> bool:
+    # Go's unicode.IsSpace; Python's isspace() also counts the \x1c-\x1f separators,
+    # which Hugo drops instead of turning them into '-'.
+    return ch.isspace() and not "\x1c" <= ch <= "\x1f"
+
+
+def _go_lower(text: str) -> str:
+    # Go's strings.ToLower maps rune by rune (simple case mapping): no final sigma
+    # (ΟΔΟΣ -> οδοσ, where str.lower() gives οδος) and İ -> i (not i + U+0307).
+    return "".join("i" if ch == "\u0130" else ch.lower() for ch in text)
 
 
 def hugo_urlize(term: str) -> str:
@@ -43,9 +56,9 @@ def hugo_urlize(term: str) -> str:
                     target.append("-")
                 prepend_hyphen = False
             target.append(ch)
-        elif target and not was_hyphen and ch.isspace():
+        elif target and not was_hyphen and _go_is_space(ch):
             prepend_hyphen = True
-    return "".join(target).lower()
+    return _go_lower("".join(target))
 
 
 def _digest(term: str) -> str:
@@ -69,7 +82,36 @@ def term_slug(term: str) -> str:
     safe = re.sub(r"-{2,}", "-", safe)
     safe = re.sub(r"^[.-]+|-+$", "", safe)  # no '.', '..' or hidden name left at the start
     encoded = safe.encode("utf-8")[:MAX_SLUG_BYTES - 9].decode("utf-8", "ignore").rstrip("-")
-    return f"{encoded}-{_digest(term)}" if encoded else f"term-{_digest(term)}"
+    # Hash Hugo's slug, not the raw term: 'A/B' and 'a/b' are one term to Hugo (one
+    # feed), so they must share one folder here too. A term Hugo empties ('!!!') has
+    # no slug to hash; its own text keeps it apart from other such terms.
+    digest = _digest(slug or term)
+    return f"{encoded}-{digest}" if encoded else f"term-{digest}"
+
+
+def assign_slugs(terms: Iterable[str]) -> dict[str, str]:
+    """term -> folder for every term of one taxonomy, no two Hugo terms in one folder.
+
+    A derived slug ('etc-1a2b3c4d') could equal another term's own Hugo slug (a tag
+    spelt 'etc-1a2b3c4d'), or two derived slugs could share a digest; Hugo's slugs
+    are kept (they must match a Hugo site) and a derived one that is taken gets a
+    '-2', '-3'... suffix. Pure and independent of the order of ``terms``.
+    """
+    unique = set(terms)
+    hugo = {t: hugo_urlize(t) for t in unique}
+    owner: dict[str, str] = {}  # folder -> the Hugo key of the term(s) in it
+    out: dict[str, str] = {}
+    for term in sorted(unique, key=lambda t: (not is_safe_slug(hugo[t]), t)):
+        key = hugo[term] or "\x00" + term
+        base = slug = term_slug(term)
+        n = 2
+        while owner.setdefault(slug, key) != key:
+            suffix = f"-{n}"
+            slug = base.encode("utf-8")[:MAX_SLUG_BYTES - len(suffix)].decode(
+                "utf-8", "ignore") + suffix
+            n += 1
+        out[term] = slug
+    return out
 
 
 def url_segment(slug: str) -> str:

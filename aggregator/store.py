@@ -13,6 +13,7 @@ import hashlib
 import os
 import re
 import tempfile
+import tomllib
 import unicodedata
 from collections.abc import Iterator, Mapping
 from datetime import date as date_type
@@ -34,6 +35,8 @@ MAX_NAME_BYTES = 150
 _SAFE_COMPONENT = re.compile(r"^[A-Za-z0-9._-]+$")
 MODELED_KEYS = ("title", "date", "lastmod", "summary", "categories", "lang", "tags",
                 "thumbnail", "author", "link", "source", "guid", "sources")
+_TOML_FRONT_MATTER = re.compile(r"\+\+\+[ \t]*\r?\n(.*?)^\+\+\+[ \t]*(?:\r?\n|\Z)",
+                                re.DOTALL | re.MULTILINE)
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 _YAML_DUMPER = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
 # Characters YAML does not allow raw in a double-quoted scalar, or would fold as line breaks.
@@ -47,6 +50,9 @@ def yaml_quote(text: str) -> str:
 
     def esc(m: re.Match[str]) -> str:
         ch = m.group(0)
+        # YAML refuses even the escaped form of a lone surrogate: U+FFFD keeps the file readable.
+        if "\ud800" <= ch <= "\udfff":
+            return "\\ufffd"
         return {"\n": "\\n", "\t": "\\t", "\r": "\\r"}.get(ch, f"\\u{ord(ch):04x}")
 
     return '"' + _YAML_UNSAFE.sub(esc, escaped) + '"'
@@ -83,7 +89,8 @@ def render_item(item: Item) -> str:
                            default_flow_style=False, sort_keys=False, width=1_000_000)
         lines.append(dumped.rstrip("\n"))
     lines.append("---")
-    body = item.body.strip("\n")
+    # A lone surrogate cannot be encoded as UTF-8: U+FFFD, so the write cannot fail on it.
+    body = re.sub("[\ud800-\udfff]", "\ufffd", item.body.strip("\n"))
     return "\n".join(lines) + "\n\n" + body + "\n" if body else "\n".join(lines) + "\n"
 
 
@@ -108,17 +115,18 @@ def parse_date(value: Any, tz: ZoneInfo) -> datetime | None:
     return parsed.replace(tzinfo=tz) if parsed.tzinfo is None else parsed
 
 
-def _terms(value: Any) -> tuple[str, ...]:
+def _terms(meta: Mapping[str, Any], key: str) -> tuple[str, ...]:
+    value = meta.get(key)
     if value is None:
         return ()
     if isinstance(value, str | int | float) and not isinstance(value, bool):
         value = [value]
     if not isinstance(value, list):
-        raise ValueError("expected a list")
+        raise ValueError(f"{key}: expected a list, got {type(value).__name__}")
     out: list[str] = []
     for v in value:
         if isinstance(v, bool) or not isinstance(v, str | int | float):
-            raise ValueError(f"expected text, got {v!r}")
+            raise ValueError(f"{key}: expected text, got {v!r}")
         text = str(v).strip()
         if text and text not in out:
             out.append(text)
@@ -136,15 +144,21 @@ def _optional_text(meta: Mapping[str, Any], key: str) -> str | None:
 
 def read_item(text: str, tz: ZoneInfo, name: str = "") -> Item:
     """Parse a store file (ours or hand-written). Raises ValueError saying what is wrong."""
-    handler = frontmatter.detect_format(text, [frontmatter.YAMLHandler(),
-                                              frontmatter.JSONHandler()])
-    if handler is None:
-        raise ValueError("no front matter (the file must start with ---)")
+    text = text.removeprefix("\ufeff")  # a byte-order mark from a Windows editor; Hugo skips it
+    toml = _TOML_FRONT_MATTER.match(text)
+    handler = None if toml else frontmatter.detect_format(
+        text, [frontmatter.YAMLHandler(), frontmatter.JSONHandler()])
+    if handler is None and not toml:
+        raise ValueError("no front matter (the file must start with ---, +++ or {)")
     try:
-        fm, body = handler.split(text)
-        meta = handler.load(fm, Loader=_YAML_LOADER) if isinstance(
-            handler, frontmatter.YAMLHandler) else handler.load(fm)
-    except (yaml.YAMLError, ValueError) as e:
+        if toml:  # Hugo's other front matter format; python-frontmatter would need `toml`
+            meta, body = tomllib.loads(toml.group(1)), text[toml.end():]
+        else:
+            assert handler is not None
+            fm, body = handler.split(text)
+            meta = handler.load(fm, Loader=_YAML_LOADER) if isinstance(
+                handler, frontmatter.YAMLHandler) else handler.load(fm)
+    except (yaml.YAMLError, ValueError) as e:  # TOMLDecodeError is a ValueError
         raise ValueError(f"invalid front matter: {' '.join(str(e).split())}") from None
     if not isinstance(meta, dict):
         raise ValueError("front matter is not a mapping of keys")
@@ -160,15 +174,15 @@ def read_item(text: str, tz: ZoneInfo, name: str = "") -> Item:
             title=title,
             date=date,
             summary=_optional_text(meta, "summary") or "",
-            categories=_terms(meta.get("categories")),
-            lang=_terms(meta.get("lang")),
-            tags=_terms(meta.get("tags")),
+            categories=_terms(meta, "categories"),
+            lang=_terms(meta, "lang"),
+            tags=_terms(meta, "tags"),
             thumbnail=_optional_text(meta, "thumbnail"),
             author=_optional_text(meta, "author"),
             link=_optional_text(meta, "link"),
             source=_optional_text(meta, "source"),
             guid=_optional_text(meta, "guid"),
-            sources=_terms(meta.get("sources")),
+            sources=_terms(meta, "sources"),
             lastmod=lastmod,
             extra=freeze({k: v for k, v in meta.items() if k not in MODELED_KEYS}),
             body=body.strip("\n") + "\n" if body.strip() else "",
@@ -194,7 +208,11 @@ def item_path(source_id: str, item: Item, key: str, dated: bool) -> str:
     slug = ascii_slug(item.title)
     if len(slug) < len(item.title) / 2 and item.link:
         # Mostly non-Latin title (Chinese...): the link's last segment says more in ASCII.
-        segment = urlsplit(item.link).path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
+        try:
+            path = urlsplit(item.link).path
+        except ValueError:  # 'http://[': a feed's malformed link must not stop the poll
+            path = ""
+        segment = path.rstrip("/").rsplit("/", 1)[-1].rsplit(".", 1)[0]
         slug = ascii_slug(segment) or slug
     parts = [item.date.strftime("%Y-%m-%d")] if dated else []
     if slug:

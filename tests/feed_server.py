@@ -28,7 +28,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.message import Message
 from email.utils import formatdate, parsedate_to_datetime
 from http import HTTPStatus
@@ -89,6 +89,11 @@ class RecordedRequest:
     headers: CaseInsensitiveDict[str]
     time: float
     """time.monotonic() when the request line and headers had been read."""
+    answered: float | None = None
+    """time.monotonic() just before the status line was sent (after any `delay`), or None
+    if it was not sent. Taken before writing, so a client that waits for the answer
+    and then sends another request always sees `answered` < the next request's `time`;
+    [time, answered] overlapping between requests shows they were served at once."""
 
 
 _NOT_FOUND = Route(body=b"not found\n", status=404, content_type="text/plain; charset=utf-8")
@@ -206,13 +211,19 @@ class FeedServer(ThreadingHTTPServer):
         with self._lock:
             self._connections.pop(connection, None)
 
-    def _record(self, handler: BaseHTTPRequestHandler) -> None:
+    def _record(self, handler: BaseHTTPRequestHandler) -> int:
         headers: CaseInsensitiveDict[str] = CaseInsensitiveDict()
         for name, value in handler.headers.items():
             headers[name] = f"{headers[name]}, {value}" if name in headers else value
         request = RecordedRequest(handler.command, handler.path, headers, time.monotonic())
         with self._lock:
             self._requests.append(request)
+            return len(self._requests) - 1
+
+    def _answered(self, index: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            self._requests[index] = replace(self._requests[index], answered=now)
 
     def _find_route(self, target: str) -> Route:
         path = target.split("?")[0]
@@ -260,7 +271,7 @@ class _FeedHandler(BaseHTTPRequestHandler):
         pass  # tests read the request log, not stderr
 
     def _answer(self) -> None:
-        self.server._record(self)
+        self._log_index = self.server._record(self)
         try:
             self._send(self.server._find_route(self.path))
         except OSError:  # the client went away, or shutdown() closed the socket
@@ -309,6 +320,7 @@ class _FeedHandler(BaseHTTPRequestHandler):
             self._send_body(payload, route.drip)
 
     def _send_head(self, status: int, headers: CaseInsensitiveDict[str]) -> None:
+        self.server._answered(self._log_index)
         self.send_response_only(status)
         for name, value in headers.items():
             self.send_header(name, value)  # "Connection: close" sets close_connection
