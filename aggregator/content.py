@@ -47,12 +47,17 @@ _BLANK_LINES = re.compile(r"\n{3,}")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
-def scrub_surrogates(text: str) -> str:
-    """Lone surrogates (a JSON feed's "\\ud800") -> U+FFFD.
+_XML_ILLEGAL = re.compile("[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
 
-    They cannot be encoded as UTF-8, so nh3 and the store's file writes would fail on them.
+
+def scrub_surrogates(text: str) -> str:
+    """Lone surrogates (a JSON feed's "\\ud800") -> U+FFFD; control characters XML cannot
+    hold dropped.
+
+    Surrogates cannot be encoded as UTF-8, so nh3 and the store's file writes would fail
+    on them; control characters would make the feeds Hugo builds from the store invalid XML.
     """
-    return _SURROGATE.sub("\ufffd", text)
+    return _XML_ILLEGAL.sub("", _SURROGATE.sub("\ufffd", text))
 
 
 def is_web_url(url: str | None) -> bool:

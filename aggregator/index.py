@@ -23,8 +23,8 @@ from pathlib import Path
 
 from aggregator.errors import StoreError
 
-SCHEMA_VERSION = 2  # PRAGMA user_version; older caches are dropped, older items rebuilt
-CACHE_TABLES = ("files", "outputs")
+SCHEMA_VERSION = 3  # PRAGMA user_version; older caches are dropped, older items rebuilt
+CACHE_TABLES = ("files", "outputs", "fragments")
 ITEM_TABLES = ("items", "keys", "item_sources")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -57,6 +57,13 @@ CREATE TABLE IF NOT EXISTS files (
     meta TEXT,                  -- JSON of the parsed front matter
     html TEXT,                  -- the body rendered to sanitized HTML
     error TEXT                  -- why the file is broken, if it is
+);
+CREATE TABLE IF NOT EXISTS fragments (
+    path TEXT PRIMARY KEY,
+    key TEXT NOT NULL,          -- what they were built with (version, base_url, source)
+    rss TEXT NOT NULL,          -- the item as an RSS <item>
+    atom TEXT NOT NULL,         -- as an Atom <entry>
+    json TEXT NOT NULL          -- as a JSON Feed item
 );
 CREATE TABLE IF NOT EXISTS outputs (
     feed TEXT PRIMARY KEY,
@@ -116,6 +123,7 @@ class Index:
 
     def __init__(self, path: Path) -> None:
         self.path = path
+        self.created = not path.exists()  # a fresh index: the caller may rebuild it
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(path, timeout=60, check_same_thread=False,
@@ -270,6 +278,26 @@ class Index:
             out.update(self._query(f"SELECT path, html FROM files WHERE path IN ({marks})",
                                    chunk))
         return out
+
+    def fragment_keys(self) -> dict[str, str]:
+        return dict(self._query("SELECT path, key FROM fragments"))
+
+    def fragments(self, paths: list[str]) -> dict[str, tuple[str, str, str]]:
+        out: dict[str, tuple[str, str, str]] = {}
+        for start in range(0, len(paths), 500):
+            chunk = paths[start:start + 500]
+            marks = ",".join("?" * len(chunk))
+            for p, rss, atom, js in self._query(
+                    f"SELECT path, rss, atom, json FROM fragments WHERE path IN ({marks})", chunk):
+                out[p] = (rss, atom, js)
+        return out
+
+    def save_fragments(self, rows: Iterable[tuple[str, str, str, str, str]],
+                       removed: Iterable[str] = ()) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO fragments(path, key, rss, atom, json) "
+                           "VALUES (?, ?, ?, ?, ?)", list(rows))
+            db.executemany("DELETE FROM fragments WHERE path = ?", [(p,) for p in removed])
 
     def listed_by(self) -> dict[str, list[str]]:
         """path -> the sources whose feeds list it (files name only the first, see SPEC §3)."""

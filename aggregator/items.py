@@ -23,6 +23,7 @@ from aggregator.content import (
 )
 from aggregator.dedupe import digest, merge_terms
 from aggregator.model import Entry, Item, ParsedFeed, Site, Source, freeze
+from aggregator.slug import hugo_urlize
 
 SUMMARY_LIMIT = 200
 # Dates more than this far ahead are a publisher's mistake: the item is dated when first seen.
@@ -86,7 +87,7 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
         summary=summary,
         categories=merge_terms((), source.categories),
         lang=(_lang_tag(lang),),
-        tags=merge_terms(source.tags, entry.categories),
+        tags=merge_terms(source.tags, tuple(c for c in entry.categories if hugo_safe_term(c))),
         thumbnail=thumbnail,
         author=entry.author or None,
         link=entry.link,
@@ -95,6 +96,14 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
         extra=freeze(front_matter),
         body=body + "\n",
     )
+
+
+def hugo_safe_term(term: str) -> bool:
+    """False for a feed's category that Hugo cannot build ('..', '../../etc', '///'):
+    Hugo fails on it or writes outside tags/, so the store never holds it. Terms Hugo
+    nests ('A/B testing' -> tags/a/b-testing/) are kept as spelt."""
+    parts = hugo_urlize(term).replace("\\", "/").split("/")
+    return all(p not in ("", ".", "..") for p in parts)
 
 
 def _scrubbed(entry: Entry) -> Entry:

@@ -13,12 +13,14 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
+from pathlib import Path
 
 from aggregator.dedupe import (
     MAX_CONTENT_UPDATES,
@@ -46,7 +48,15 @@ from aggregator.model import (
 )
 from aggregator.parse import parse_feed
 from aggregator.schedule import after_error, is_gone, skip_reason
-from aggregator.store import Store, file_hash, item_path, read_item, render_item, sweep_temp_files
+from aggregator.store import (
+    Store,
+    file_hash,
+    item_path,
+    read_item,
+    render_item,
+    sweep_temp_files,
+    write_atomic,
+)
 
 log = logging.getLogger("aggregator")
 Clock = Callable[[], datetime]
@@ -60,8 +70,14 @@ class Workspace:
         self.store = Store(config.store_dir, config.site.timezone)
         self.index = Index(self.store.meta_dir / "index.sqlite")
         self.write_lock = WriteLock(self.store.meta_dir / "write.lock")
+        self.pending_journal: list[str] = []
         if self.index.needs_reindex:
             log.warning("the index was written by an older version; rebuilding it from the files")
+            reindex(self)
+        elif self.index.created and next(self.store.scan(), None) is not None:
+            # store/.aggregator/ was deleted (or the store copied without it): without its
+            # dedupe keys the next poll would duplicate items, so rebuild it first.
+            log.warning("no index in %s; rebuilding it from the store's files", self.store.meta_dir)
             reindex(self)
 
     def close(self) -> None:
@@ -153,8 +169,11 @@ def fetch_stage(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher,
                        SourceReport(source.id, "error", error=f"{e.detail} ({e.url})"))
     except Exception as e:  # a bug must not stop the other sources; say so loudly
         log.exception("%s: internal error while fetching %s", source.id, source.url)
-        return Fetched(now, started, state, SourceReport(
-            source.id, "error", error=f"internal error: {type(e).__name__}: {e}"))
+        bug = SourceError(f"internal error: {type(e).__name__}: {e}", source_id=source.id,
+                          url=source.url)
+        # Recorded like any error, so backoff applies and the daemon cannot spin on it.
+        return Fetched(now, started, _error_state(source, state, now, bug),
+                       SourceReport(source.id, "error", error=bug.detail))
     return Fetched(now, started, state, result=result, parsed=parsed)
 
 
@@ -249,11 +268,13 @@ def apply_feed(ws: Workspace, source: Source, parsed: ParsedFeed, now: datetime)
     new = updated = 0
     # One index transaction per feed: a file renamed into place before a crash and not
     # yet committed is adopted by the next poll (see _new_path), never duplicated.
-    with ws.write_lock.held(), ws.index.transaction():
-        for item, keys, dated in candidates:
-            outcome = _apply_item(ws, source, item, keys, dated, now)
-            new += outcome == "new"
-            updated += outcome == "updated"
+    with ws.write_lock.held():
+        with ws.index.transaction():
+            for item, keys, dated in candidates:
+                outcome = _apply_item(ws, source, item, keys, dated, now)
+                new += outcome == "new"
+                updated += outcome == "updated"
+        _clear_journal(ws)
     return ApplyResult(new=new, updated=updated, skipped=skipped)
 
 
@@ -283,6 +304,11 @@ def _apply_item(ws: Workspace, source: Source, item: Item, keys: list[str], date
             index.record_item(db, record, keys, {})
         return "same"
     on_disk = store.read_bytes(path)
+    if on_disk is not None and record.written_hash is not None and (
+            file_hash(on_disk) != record.written_hash
+            and _pending_hash(ws, path) == file_hash(on_disk)):
+        # Our own update, renamed into place by a run killed before its index commit.
+        record = replace(record, written_hash=file_hash(on_disk))
     if on_disk is None or record.written_hash is None or file_hash(on_disk) != record.written_hash:
         # Deleted or edited by a person (or never ours): the file is theirs now.
         gone = on_disk is None and record.written_hash is not None
@@ -306,11 +332,40 @@ def _apply_item(ws: Workspace, source: Source, item: Item, keys: list[str], date
     data = render_item(merged).encode("utf-8")
     changed = data != on_disk
     if changed:
+        _journal(ws, path, file_hash(data))
         store.write(path, data)
     with index.transaction() as db:
         index.record_item(db, replace(record, written_hash=file_hash(data), updates=updates),
                           keys, {source.id: chash})
     return "updated" if changed else "same"
+
+
+# The index commits once per feed, after the files are renamed into place. An updated
+# file's new hash is journaled first, so a run killed in between does not leave a file
+# the index takes for a person's edit (and would never update again).
+def _journal_path(ws: Workspace, path: str) -> Path:
+    return ws.store.meta_dir / "pending" / hashlib.sha1(path.encode()).hexdigest()
+
+
+def _journal(ws: Workspace, path: str, digest: str) -> None:
+    write_atomic(_journal_path(ws, path), digest.encode(), ws.store.tmp_dir)
+    ws.pending_journal.append(path)
+
+
+def _pending_hash(ws: Workspace, path: str) -> str | None:
+    try:
+        return _journal_path(ws, path).read_text(encoding="ascii").strip()
+    except OSError:
+        return None
+
+
+def _clear_journal(ws: Workspace) -> None:
+    for path in ws.pending_journal:
+        try:
+            _journal_path(ws, path).unlink()
+        except OSError:
+            pass
+    ws.pending_journal.clear()
 
 
 def _new_path(ws: Workspace, source: Source, item: Item, keys: list[str], dated: bool) -> str | None:

@@ -17,16 +17,19 @@ import hashlib
 import html as html_lib
 import json
 import logging
+import multiprocessing
 import os
 import re
 import shutil
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
+from zoneinfo import ZoneInfo
 
 from feedgen.ext.base import BaseEntryExtension, BaseExtension
 from feedgen.feed import FeedGenerator
@@ -89,6 +92,7 @@ class PublishResult:
     broken: list[StoreError] = field(default_factory=list)
     changed_feeds: list[str] = field(default_factory=list)
     changed_urls: list[str] = field(default_factory=list)  # topics to ping a WebSub hub for
+    failed: list[str] = field(default_factory=list)  # feeds that could not be built
 
 
 # -- load --------------------------------------------------------------------------------------
@@ -100,6 +104,7 @@ def _item_to_json(item: Item) -> str:
         "source": item.source, "guid": item.guid, "sources": item.sources,
         "lastmod": item.lastmod.isoformat() if item.lastmod else None,
         "draft": bool(item.extra.get("draft")),
+        "link_from_body": bool(item.extra.get("link_from_body")),
     }
     return json.dumps(data, ensure_ascii=False)
 
@@ -112,20 +117,97 @@ def _item_from_json(text: str) -> Item:
         thumbnail=d["thumbnail"], author=d["author"], link=d["link"], source=d["source"],
         guid=d["guid"], sources=tuple(d["sources"]),
         lastmod=datetime.fromisoformat(d["lastmod"]) if d["lastmod"] else None,
-        extra={"draft": True} if d.get("draft") else {},
+        extra={k: True for k in ("draft", "link_from_body") if d.get(k)},
     )
 
 
-def load_entries(ws: Workspace) -> tuple[list[Entry], list[StoreError]]:
-    """Every publishable store file; parse only those whose (mtime, size) changed."""
+PARSE_BATCH = 250
+PARALLEL_PARSE_MIN = 400  # below this many changed files a process pool costs more than it saves
+
+ParsedFile = tuple[str, str, str | None, str | None, str | None]  # rel, digest, meta, html, error
+
+
+def parse_store_file(root: str, rel: str, timezone: str, base_url: str) -> ParsedFile:
+    """Read, parse and render one store file (pure but for the read; runs in a worker)."""
+    try:
+        data = (Path(root) / rel).read_bytes()
+    except OSError as e:
+        return rel, "", None, None, f"cannot read: {e.strerror or e}"
+    digest = file_hash(data)
+    try:
+        item = read_item(data.decode("utf-8"), ZoneInfo(timezone), rel)
+    except UnicodeDecodeError as e:
+        return rel, digest, None, None, f"not UTF-8 (byte {e.start})"
+    except ValueError as e:
+        return rel, digest, None, None, str(e)
+    if not item.link and (original := trailing_link(item.body)):
+        # A hand-written file (the seed post) names its original article on its last
+        # line instead of in `link`: readers get something to open.
+        item = replace(item, link=original, extra={**item.extra, "link_from_body": True})
+    html = markdown_to_html(item.body, item.link if is_web_url(item.link) else base_url)
+    return rel, digest, _item_to_json(item), html, None
+
+
+SourceInfo = Mapping[str, tuple[str, str]]
+FragmentRow = tuple[str, str, str, str, str]  # path, key, rss, atom, json
+
+
+def fragment_key(item: Item, base: str, source_info: SourceInfo) -> str:
+    """What an item's fragments depend on besides the file: if it changes, rebuild them."""
+    origin = source_info.get(item.source or "")
+    return hashlib.sha1(json.dumps([__version__, base, origin], ensure_ascii=False)
+                        .encode()).hexdigest()
+
+
+def _fragment_rows(entries: list[Entry], html: Mapping[str, str], base: str,
+                   source_info: SourceInfo) -> list[FragmentRow]:
+    built = render_fragments(entries, html, base, source_info)
+    return [(e.path, fragment_key(e.item, base, source_info), built[e.path].rss,
+             built[e.path].atom, built[e.path].json) for e in entries]
+
+
+def _process_batch(args: tuple[str, list[str], str, str, dict[str, tuple[str, str]]]
+                   ) -> tuple[list[ParsedFile], list[FragmentRow]]:
+    """Worker: parse files and build their feed fragments (both CPU-bound)."""
+    root, rels, timezone, base_url, source_info = args
+    parsed = [parse_store_file(root, rel, timezone, base_url) for rel in rels]
+    good = [(Entry(rel, _item_from_json(meta), digest), html or "")
+            for rel, digest, meta, html, error in parsed if meta and not error]
+    rows = _fragment_rows([e for e, _ in good], {e.path: h for e, h in good}, base_url,
+                          source_info) if good else []
+    return parsed, rows
+
+
+def _render_batch(args: tuple[list[tuple[str, str, str, str]], str, dict[str, tuple[str, str]]]
+                  ) -> list[FragmentRow]:
+    """Worker: rebuild fragments of cached files (a source's title changed...)."""
+    rows, base_url, source_info = args
+    entries = [Entry(rel, _item_from_json(meta), digest) for rel, meta, digest, _ in rows]
+    return _fragment_rows(entries, {rel: html for rel, _, _, html in rows}, base_url, source_info)
+
+
+def _pool_map(func: Any, batches: list[Any]) -> Iterator[Any]:
+    """map() over batches, on every core when there are several batches."""
+    workers = min(os.cpu_count() or 1, 4, len(batches))
+    if workers < 2:
+        yield from map(func, batches)
+        return
+    with ProcessPoolExecutor(max_workers=workers,
+                             mp_context=multiprocessing.get_context("forkserver")) as pool:
+        yield from pool.map(func, batches)
+
+
+def load_entries(ws: Workspace, source_info: SourceInfo
+                 ) -> tuple[list[Entry], list[StoreError]]:
+    """Every publishable store file; parse only those whose (mtime, size) changed, and
+    build their feed fragments on the way (in worker processes when there are many)."""
     cache = ws.index.cached_files()
     entries: list[Entry] = []
     broken: list[StoreError] = []
-    fresh: list[tuple[str, int, int, str, str | None, str | None, str | None]] = []
-    seen: set[str] = set()
-    base_url = ws.config.site.base_url
+    stats: dict[str, os.stat_result] = {}
+    changed: list[str] = []
     for rel, st in ws.store.scan():
-        seen.add(rel)
+        stats[rel] = st
         cached = cache.get(rel)
         if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
             _, _, digest, meta, error = cached
@@ -135,30 +217,56 @@ def load_entries(ws: Workspace) -> tuple[list[Entry], list[StoreError]]:
                 item = _item_from_json(meta)
                 if not item.extra.get("draft"):
                     entries.append(Entry(rel, item, digest or ""))
-            continue
-        data = ws.store.read_bytes(rel)
-        if data is None:
-            continue
-        digest = file_hash(data)
-        try:
-            item = read_item(data.decode("utf-8"), ws.store.tz, rel)
-        except UnicodeDecodeError as e:
-            error = f"not UTF-8 (byte {e.start})"
-            broken.append(StoreError(error, path=rel))
-            fresh.append((rel, st.st_mtime_ns, st.st_size, digest, None, None, error))
-            continue
-        except ValueError as e:
-            broken.append(StoreError(str(e), path=rel))
-            fresh.append((rel, st.st_mtime_ns, st.st_size, digest, None, None, str(e)))
-            continue
-        html = markdown_to_html(item.body, item.link if is_web_url(item.link) else base_url)
-        fresh.append((rel, st.st_mtime_ns, st.st_size, digest, _item_to_json(item), html, None))
-        if not item.extra.get("draft"):
-            entries.append(Entry(rel, replace(item, body=""), digest))
-    removed = [p for p in cache if p not in seen]
-    if fresh or removed:
-        ws.index.save_files(fresh, removed)
+        else:
+            changed.append(rel)
+    root, tz, base = str(ws.store.root), ws.config.site.timezone, ws.config.site.base_url
+    size = PARSE_BATCH if len(changed) >= PARALLEL_PARSE_MIN else max(len(changed), 1)
+    batches = [(root, changed[i:i + size], tz, base, dict(source_info))
+               for i in range(0, len(changed), size)]
+    for parsed, rows in _pool_map(_process_batch, batches):
+        fresh = []
+        for rel, digest, meta, html, error in parsed:
+            st = stats[rel]
+            fresh.append((rel, st.st_mtime_ns, st.st_size, digest, meta, html, error))
+            if error:
+                broken.append(StoreError(error, path=rel))
+            elif meta:
+                item = _item_from_json(meta)
+                if not item.extra.get("draft"):
+                    entries.append(Entry(rel, item, digest))
+        ws.index.save_files(fresh, [])  # as we go: memory stays bounded
+        ws.index.save_fragments(rows)
+    removed = [p for p in cache if p not in stats]
+    if removed:
+        ws.index.save_files([], removed)
+        ws.index.save_fragments([], removed)
     return entries, broken
+
+
+def refresh_fragments(ws: Workspace, entries: Iterable[Entry], source_info: SourceInfo) -> int:
+    """Rebuild the fragments that are missing or were built with other settings."""
+    base = ws.config.site.base_url
+    keys = ws.index.fragment_keys()
+    stale = [e for e in entries if keys.get(e.path) != fragment_key(e.item, base, source_info)]
+    for start in range(0, len(stale), 4000):  # bounded: the HTML of 4,000 items at a time
+        chunk = stale[start:start + 4000]
+        html = ws.index.rendered_html([e.path for e in chunk])
+        rows = [(e.path, _item_to_json(e.item), e.digest, html.get(e.path, "")) for e in chunk]
+        batches = [(rows[i:i + PARSE_BATCH], base, dict(source_info))
+                   for i in range(0, len(rows), PARSE_BATCH)]
+        for built in _pool_map(_render_batch, batches):
+            ws.index.save_fragments(built)
+    return len(stale)
+
+
+_TRAILING_LINK = re.compile(r"\[[^\]\n]*\]\(<?(https?://[^\s)>]+)>?\)\s*$")
+
+
+def trailing_link(body: str) -> str | None:
+    """The URL of a Markdown link that ends the body, as the seed convention has it."""
+    lines = body.rstrip().splitlines()
+    match = _TRAILING_LINK.search(lines[-1]) if lines else None
+    return match.group(1) if match and is_web_url(match.group(1)) else None
 
 
 # -- group -------------------------------------------------------------------------------------
@@ -235,7 +343,11 @@ def _tag_uri(base_url: str, entry: Entry) -> str:
 
 
 def _guid(base_url: str, entry: Entry) -> str:
-    return entry.item.guid or entry.item.link or _tag_uri(base_url, entry)
+    """The item's own guid; else its link; else a tag: URI of its store path. A link read
+    from the body's last line is not used: a person may change it, a guid must not change."""
+    item = entry.item
+    link = None if item.extra.get("link_from_body") else item.link
+    return item.guid or link or _tag_uri(base_url, entry)
 
 
 class _AggregatorFeedExt(BaseExtension):
@@ -277,10 +389,108 @@ class _AggregatorEntryExt(BaseEntryExtension):
         return entry
 
 
-def build_feeds(config: Config, spec: FeedSpec, entries: list[Entry], html: Mapping[str, str],
-                source_info: Mapping[str, tuple[str, str]], counts: Mapping[str, int] | None = None
-                ) -> dict[str, bytes]:
-    """Pure: the three files of one feed. ``html`` maps store path -> rendered body."""
+@dataclass(frozen=True)
+class Fragments:
+    """One item as it appears in every feed that holds it: built once per publish."""
+
+    rss: str  # the <item> element, pretty-printed, newline-terminated
+    atom: str  # the <entry> element
+    json: str  # the JSON Feed item object, indented for the "items" array
+
+
+def _new_generator() -> FeedGenerator:
+    fg = FeedGenerator()
+    fg.load_extension("media", atom=True, rss=True)
+    fg.load_extension("dc", atom=False, rss=True)
+    fg.register_extension("aggregator", _AggregatorFeedExt, _AggregatorEntryExt, atom=True,
+                          rss=True)
+    return fg
+
+
+def _add_entry(fg: FeedGenerator, entry: Entry, html: str, base: str,
+               source_info: Mapping[str, tuple[str, str]]) -> dict[str, Any]:
+    """Add one item to a generator; its JSON Feed object is returned."""
+    item = _xml_safe_item(entry.item)
+    guid = _guid(base, replace(entry, item=item))
+    body = xml_safe(html)
+    if not body and not is_web_url(item.link):
+        # Atom requires an alternate link or content (feedgen refuses the whole feed
+        # otherwise): an entry with no link whose HTML was all sanitized away (it
+        # was only a <script>) carries its summary or title as content.
+        body = f"<p>{html_lib.escape(item.summary or item.title, quote=False)}</p>"
+    fe = fg.add_entry(order="append")
+    fe.guid(guid, permalink=bool(item.link) and guid == item.link and is_web_url(guid))
+    fe.aggregator.atom_id = _atom_id(guid)
+    fe.title(item.title)
+    if item.link and is_web_url(item.link):
+        fe.link(href=item.link, rel="alternate")
+    if item.summary:
+        fe.summary(item.summary)  # Atom: type text
+        # RSS readers take <description> as HTML: the plain-text summary is escaped,
+        # or a summary saying "<script>..." (a hand-edited file) would run as markup.
+        fe.description(html_lib.escape(item.summary, quote=False))
+    if body:
+        fe.content(body, type="html")
+    fe.published(item.date)
+    fe.updated(item.lastmod or item.date)
+    for term in dict.fromkeys((*item.categories, *item.tags)):
+        fe.category(term=term)
+    if item.author:
+        fe.author(name=item.author)
+        fe.dc.dc_creator(item.author)
+    if item.thumbnail and is_web_url(item.thumbnail):
+        fe.media.thumbnail(url=item.thumbnail, group=None)  # no one-child media:group
+    origin = item.source
+    if origin and origin in source_info:
+        title, url = source_info[origin]
+        fe.source(url=xml_safe(url), title=xml_safe(title))
+        fe.aggregator.source_id = xml_safe(url)
+    return _json_item(item, guid, body)
+
+
+_RSS_ITEM = re.compile(r"^    <item>\n.*?^    </item>\n", re.S | re.M)
+_ATOM_ENTRY = re.compile(r"^  <entry>\n.*?^  </entry>\n", re.S | re.M)
+FRAGMENT_BATCH = 250
+
+
+def render_fragments(entries: list[Entry], html: Mapping[str, str], base: str,
+                     source_info: Mapping[str, tuple[str, str]]) -> dict[str, Fragments]:
+    """Pure: each item's <item>, <entry> and JSON object, by store path.
+
+    An item sits in five feeds on average (all, its tags, category and source);
+    building it once with feedgen and splicing it into each feed is what makes a
+    full publish of a large store fast. Items are built in batches in one throw-away
+    feed and cut out of its pretty-printed text: content is escaped, so no line of it
+    can look like the element boundaries.
+    """
+    out: dict[str, Fragments] = {}
+    for start in range(0, len(entries), FRAGMENT_BATCH):
+        batch = entries[start:start + FRAGMENT_BATCH]
+        fg = _new_generator()
+        fg.id(base)
+        fg.title("fragments")
+        fg.link(href=base, rel="alternate")
+        fg.description("fragments")
+        fg.updated(EPOCH)
+        objects = [_add_entry(fg, e, html.get(e.path, ""), base, source_info) for e in batch]
+        try:
+            rss = fg.rss_str(pretty=True, encoding="UTF-8").decode("utf-8")
+            atom = fg.atom_str(pretty=True, encoding="UTF-8").decode("utf-8")
+        except (ValueError, TypeError) as e:  # lxml refuses characters XML cannot hold
+            raise PublishError(f"cannot build items: {e}", feed="/") from e
+        rss_items = _RSS_ITEM.findall(rss)
+        atom_entries = _ATOM_ENTRY.findall(atom)
+        if len(rss_items) != len(batch) or len(atom_entries) != len(batch):
+            raise PublishError("cannot split the built items", feed="/")
+        for entry, r, a, obj in zip(batch, rss_items, atom_entries, objects, strict=True):
+            text = json.dumps(obj, ensure_ascii=False, indent=2)
+            out[entry.path] = Fragments(r, a, "    " + text.replace("\n", "\n    "))
+    return out
+
+
+def build_feeds(config: Config, spec: FeedSpec, entries: list[Entry],
+                fragments: Mapping[str, Fragments]) -> dict[str, bytes]:
+    """Pure: the three files of one feed, its items spliced in from their fragments."""
     site = config.site
     base = site.base_url
     rss_url, atom_url, json_url = (feed_url(base, spec, n) for n in FEED_FILES)
@@ -288,14 +498,10 @@ def build_feeds(config: Config, spec: FeedSpec, entries: list[Entry], html: Mapp
     updated = max((e.item.lastmod or e.item.date for e in entries), default=EPOCH)
     updated = max(updated, max((e.item.date for e in entries), default=EPOCH))
 
-    fg = FeedGenerator()
-    fg.load_extension("media", atom=True, rss=True)
-    fg.load_extension("dc", atom=False, rss=True)
-    fg.register_extension("aggregator", _AggregatorFeedExt, _AggregatorEntryExt, atom=True,
-                          rss=True)
+    fg = _new_generator()
     fg.id(atom_url)
-    fg.title(spec.title)
-    fg.subtitle(xml_safe(site.description) or spec.title)
+    fg.title(xml_safe(spec.title))
+    fg.subtitle(xml_safe(site.description) or xml_safe(spec.title))
     fg.author(name=xml_safe(site.title))  # Atom wants an author; entries inherit it
     if site.websub_hub:
         fg.aggregator.hub = site.websub_hub
@@ -304,44 +510,6 @@ def build_feeds(config: Config, spec: FeedSpec, entries: list[Entry], html: Mapp
     fg.updated(updated)
     fg.lastBuildDate(updated)
     fg.ttl(max(1, int(config.defaults.interval.total_seconds() // 60)))
-    json_items: list[dict[str, Any]] = []
-    for entry in entries:
-        item = _xml_safe_item(entry.item)
-        guid = _guid(base, replace(entry, item=item))
-        body = xml_safe(html.get(entry.path, ""))
-        if not body and not is_web_url(item.link):
-            # Atom requires an alternate link or content (feedgen refuses the whole feed
-            # otherwise): an entry with no link whose HTML was all sanitized away (it
-            # was only a <script>) carries its summary or title as content.
-            body = f"<p>{html_lib.escape(item.summary or item.title, quote=False)}</p>"
-        fe = fg.add_entry(order="append")
-        fe.guid(guid, permalink=bool(item.link) and guid == item.link and is_web_url(guid))
-        fe.aggregator.atom_id = _atom_id(guid)
-        fe.title(item.title)
-        if item.link and is_web_url(item.link):
-            fe.link(href=item.link, rel="alternate")
-        if item.summary:
-            fe.summary(item.summary)  # Atom: type text
-            # RSS readers take <description> as HTML: the plain-text summary is escaped,
-            # or a summary saying "<script>..." (a hand-edited file) would run as markup.
-            fe.description(html_lib.escape(item.summary, quote=False))
-        if body:
-            fe.content(body, type="html")
-        fe.published(item.date)
-        fe.updated(item.lastmod or item.date)
-        for term in dict.fromkeys((*item.categories, *item.tags)):
-            fe.category(term=term)
-        if item.author:
-            fe.author(name=item.author)
-            fe.dc.dc_creator(item.author)
-        if item.thumbnail and is_web_url(item.thumbnail):
-            fe.media.thumbnail(url=item.thumbnail, group=None)  # no one-child media:group
-        origin = item.source
-        if origin and origin in source_info:
-            title, url = source_info[origin]
-            fe.source(url=xml_safe(url), title=xml_safe(title))
-            fe.aggregator.source_id = xml_safe(url)
-        json_items.append(_json_item(item, guid, body))
 
     def links(self_url: str) -> list[dict[str, str]]:
         out = [{"href": self_url, "rel": "self"}]
@@ -351,11 +519,14 @@ def build_feeds(config: Config, spec: FeedSpec, entries: list[Entry], html: Mapp
 
     try:  # one generator, two self links: the RSS and the Atom file each name themselves
         fg.link(links(rss_url), replace=True)
-        rss = fg.rss_str(pretty=True, encoding="UTF-8", xml_declaration=True)
+        rss_head = fg.rss_str(pretty=True, encoding="UTF-8", xml_declaration=True).decode()
         fg.link(links(atom_url), replace=True)
-        atom = fg.atom_str(pretty=True, encoding="UTF-8", xml_declaration=True)
-    except (ValueError, TypeError) as e:  # lxml refuses characters XML cannot hold
+        atom_head = fg.atom_str(pretty=True, encoding="UTF-8", xml_declaration=True).decode()
+    except (ValueError, TypeError) as e:
         raise PublishError(f"cannot build: {e}", feed=spec.directory or "/") from e
+    parts = [fragments[e.path] for e in entries]
+    rss = _splice(rss_head, "  </channel>\n</rss>", "".join(p.rss for p in parts))
+    atom = _splice(atom_head, "</feed>", "".join(p.atom for p in parts))
     json_feed: dict[str, Any] = {
         "version": "https://jsonfeed.org/version/1.1",
         "title": spec.title,
@@ -366,12 +537,18 @@ def build_feeds(config: Config, spec: FeedSpec, entries: list[Entry], html: Mapp
     }
     if site.websub_hub:
         json_feed["hubs"] = [{"type": "WebSub", "url": site.websub_hub}]
-    json_feed["items"] = json_items
-    return {
-        "index.xml": rss,
-        "atom.xml": atom,
-        "feed.json": (json.dumps(json_feed, ensure_ascii=False, indent=2) + "\n").encode(),
-    }
+    head = json.dumps(json_feed, ensure_ascii=False, indent=2)[:-2]  # drop the closing "\n}"
+    items = ",\n".join(p.json for p in parts)
+    json_text = head + (',\n  "items": [\n' + items + "\n  ]\n}\n" if parts
+                        else ',\n  "items": []\n}\n')
+    return {"index.xml": rss.encode(), "atom.xml": atom.encode(), "feed.json": json_text.encode()}
+
+
+def _splice(head: str, closing: str, items: str) -> str:
+    at = head.rfind(closing)
+    if at < 0:
+        raise PublishError(f"unexpected feed text: no {closing!r}", feed="/")
+    return head[:at] + items + head[at:]
 
 
 def _json_item(item: Item, guid: str, body: str) -> dict[str, Any]:
@@ -465,9 +642,9 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
     with ws.write_lock.held():
         output.mkdir(parents=True, exist_ok=True)
         sweep_temp_files(output / OUTPUT_TMP)
-        entries, result.broken = load_entries(ws)
-        result.items = len(entries)
         info = source_info_of(ws)
+        entries, result.broken = load_entries(ws, info)
+        result.items = len(entries)
         titles = {k: v[0] for k, v in info.items()}
         listed_by = ws.index.listed_by()
         feeds = group_feeds(config, entries, titles, listed_by)
@@ -475,21 +652,33 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
         old_signatures = ws.index.output_signatures()
         new_signatures: dict[str, str] = {}
         counts: dict[FeedSpec, int] = {spec: len(members) for spec, members in feeds.items()}
+        rebuild: list[tuple[FeedSpec, list[Entry]]] = []
         for spec, members in sorted(feeds.items(), key=lambda kv: (kv[0].kind, kv[0].slug)):
             newest = members[:keep]
             key = spec.directory or "/"
             sig = signature(config, spec, newest, info)
             new_signatures[key] = sig
-            folder = spec.directory
-            present = all((output / folder / n).is_file() for n in FEED_FILES)
+            present = all((output / spec.directory / n).is_file() for n in FEED_FILES)
             if only_if_changed and old_signatures.get(key) == sig and present:
                 result.unchanged += len(FEED_FILES)
+            else:
+                rebuild.append((spec, newest))
+        needed = {e.path: e for _, newest in rebuild for e in newest}
+        refresh_fragments(ws, needed.values(), info)
+        for spec, newest in rebuild:
+            key = spec.directory or "/"
+            stored = ws.index.fragments([e.path for e in newest])
+            try:
+                fragments = {p: Fragments(*stored[p]) for p in (e.path for e in newest)}
+                files = build_feeds(config, spec, newest, fragments)
+            except (PublishError, KeyError) as e:  # one bad feed must not stop the others
+                log.error("%s: cannot build: %s", key, e)
+                result.failed.append(f"{key}: {e}")
+                new_signatures[key] = "failed"  # kept (not removed as stale), retried next time
                 continue
-            html = ws.index.rendered_html([e.path for e in newest])
-            files = build_feeds(config, spec, newest, html, info)
             changed = False
             for name, data in files.items():
-                rel = f"{folder}/{name}" if folder else name
+                rel = f"{spec.directory}/{name}" if spec.directory else name
                 if write_if_changed(output, rel, data):
                     result.written += 1
                     changed = True

@@ -234,19 +234,35 @@ def file_hash(data: bytes) -> str:
 
 
 # -- disk ----------------------------------------------------------------------------------
+# Folders this process made or found: a publish writes thousands of files into a few
+# thousand folders, and a mkdir per file is a measurable share of its time.
+_known_dirs: set[Path] = set()
+
+
+def _ensure_dir(folder: Path) -> None:
+    if folder not in _known_dirs:
+        folder.mkdir(parents=True, exist_ok=True)
+        _known_dirs.add(folder)
+
+
 def write_atomic(target: Path, data: bytes, tmp_dir: Path) -> None:
     """Write data to target through a temporary file and a rename.
 
     On failure (disk full...) the temporary file is removed and the old target is
     left as it was.
     """
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    _ensure_dir(tmp_dir)
+    _ensure_dir(target.parent)
     fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-", suffix=".tmp")
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.replace(tmp, target)
+        try:
+            os.replace(tmp, target)
+        except FileNotFoundError:  # the folder went away since we made it: make it again
+            _known_dirs.discard(target.parent)
+            _ensure_dir(target.parent)
+            os.replace(tmp, target)
     except BaseException as e:
         try:
             os.unlink(tmp)

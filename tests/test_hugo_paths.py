@@ -196,10 +196,6 @@ HOSTILE_RSS = """<?xml version="1.0" encoding="utf-8"?>
 """
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the store keeps a feed's categories as spelt (SPEC §3), and Hugo fails on a term "
-    "'..' or '../../etc' ('missing taxonomy: tags') and writes '../x' outside tags/; "
-    "polling would have to drop or rename such terms (items.py), not publish"))
 def test_hugo_builds_a_store_polled_from_a_hostile_feed(tmp_path: Path) -> None:
     (tmp_path / "hostile.xml").write_text(HOSTILE_RSS, encoding="utf-8")
     config = write_config(tmp_path, [{"id": "hostile", "url": "hostile.xml"}])

@@ -384,10 +384,6 @@ def test_crash_between_rename_and_index_commit_leaves_no_duplicate(
     assert (third["new"], third["updated"]) == (0, 0)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "kill -9 between the rename of an *updated* file and the index commit leaves the file's "
-    "hash unknown to the index, so later polls take it for a hand edit and never update it "
-    "again; fixing it needs a journal of the pending hash in aggregator/index.py"))
 def test_crash_during_an_update_does_not_freeze_the_item(
         feed_server: FeedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     feed_server.route("/f.xml", body=rss_feed([news_item(1)]))
@@ -511,7 +507,7 @@ def test_kill_9_at_random_moments_leaves_no_partial_file_or_duplicate(tmp_path: 
     assert len(items) == 200, f"seed {seed}"
     assert temp_files(store) == [], f"seed {seed}"
     # Every mirrored item is listed under the mirror source (`sources` counts what the
-    # index lists; a file whose update a kill cut short may not name it, see the xfail above).
+    # index lists; a file whose update a kill cut short is repaired from the journal).
     listing = run_cli("sources", "--json", config=config)
     assert_clean_exit(listing, 0)
     counts = {s["id"]: s["items"] for s in json.loads(listing.stdout)["sources"]}

@@ -123,10 +123,6 @@ def test_newsboat_reads_the_published_feed(site: Site, tmp_path: Path, path: str
     assert not (tmp_path / "home" / ".newsboat" / "cache.db").exists()
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "publish.py: a store file without `link` (the hand-written seed post) is published "
-    "with no <link>/url, so a reader has nothing to open; its body ends with the "
-    "original article's link (the seed convention, SPEC §3), which could serve"))
 def test_newsboat_can_open_every_item(site: Site, tmp_path: Path) -> None:
     url = site.server.url("/index.xml")
     (tmp_path / "urls").write_text(url + "\n", encoding="utf-8")
