@@ -82,13 +82,15 @@ class Fetcher:
             headers["If-None-Match"] = state.etag
         if state.last_modified:
             headers["If-Modified-Since"] = state.last_modified
-        deadline = time.monotonic() + source.timeout
         read_timeout = source.timeout  # the deadline below bounds the whole fetch
 
         def fail(message: str, **kw: object) -> FetchError:
             return FetchError(message, source_id=source.id, url=url, **kw)  # type: ignore[arg-type]
 
         with self._host_slot(url):
+            # The deadline starts once the request may go: waiting for one of the host's
+            # two slots is our queue, not the server's slowness.
+            deadline = time.monotonic() + source.timeout
             try:
                 response = self._session().get(url, headers=headers, stream=True,
                                                 timeout=(min(source.timeout, 10.0), read_timeout))

@@ -10,15 +10,30 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any, Literal
 
 FrozenMapping = Mapping[str, Any]
 
 
+class FrozenDict(dict[str, Any]):
+    """A dict that refuses changes, so a frozen dataclass cannot be changed through its
+    dict field; unlike MappingProxyType it pickles (items cross process boundaries)."""
+
+    def _refuse(self, *args: Any, **kwargs: Any) -> None:
+        raise TypeError("FrozenDict cannot be changed")
+
+    __setitem__ = __delitem__ = clear = pop = popitem = setdefault = update = _refuse  # type: ignore[assignment]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (FrozenDict, (dict(self),))
+
+    def __hash__(self) -> int:  # type: ignore[override]
+        return hash(tuple(sorted(self.items(), key=lambda kv: kv[0])))
+
+
 def freeze(mapping: Mapping[str, Any] | None) -> FrozenMapping:
-    """A read-only view, so a frozen dataclass cannot be changed through its dict field."""
-    return MappingProxyType(dict(mapping or {}))
+    """A read-only copy, safe inside frozen dataclasses and across processes."""
+    return FrozenDict(mapping or {})
 
 
 @dataclass(frozen=True)

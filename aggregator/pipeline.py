@@ -15,12 +15,16 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import multiprocessing
+import os
 import time
-from collections.abc import Callable, Iterable
-from concurrent.futures import ThreadPoolExecutor
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from aggregator.dedupe import (
     MAX_CONTENT_UPDATES,
@@ -43,6 +47,7 @@ from aggregator.model import (
     HttpState,
     Item,
     ParsedFeed,
+    Site,
     Source,
     SourceReport,
 )
@@ -98,14 +103,19 @@ class ApplyResult:
 
 
 # -- polling ------------------------------------------------------------------------------
+IN_FLIGHT = 64  # sources fetched but not yet stored: bounds the bodies held in memory
+PARSE_IN_PROCESSES_MIN = 8  # fewer sources than this: parsing here costs less than a pool
+
+
 def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fetcher | None = None,
          force: bool = False, workers: int = 16,
          on_report: Callable[[SourceReport], None] | None = None) -> list[SourceReport]:
     """Poll the given sources once, now; one report per source, in the given order.
 
-    Fetching and parsing run concurrently; storing runs here, one source at a time
-    in config order, so which source first stores a shared item does not depend on
-    which server answered first.
+    Fetching runs in a thread pool (network-bound), parsing and building items in a
+    process pool (CPU-bound, every core), storing here, one source at a time in config
+    order, so which source first stores a shared item does not depend on which server
+    answered first. At most IN_FLIGHT sources are between fetch and store at once.
     """
     sources = list(sources)
     fetcher = fetcher or Fetcher()
@@ -113,16 +123,57 @@ def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fet
         sweep_temp_files(ws.store.tmp_dir)
     if not sources:
         return []
+    cores = os.cpu_count() or 1
+    processes = None
+    if len(sources) >= PARSE_IN_PROCESSES_MIN and cores > 1:
+        processes = ProcessPoolExecutor(max_workers=min(cores, 4),
+                                        mp_context=multiprocessing.get_context("forkserver"))
     reports: list[SourceReport] = []
-    with ThreadPoolExecutor(max_workers=max(1, min(workers, len(sources))),
-                            thread_name_prefix="poll") as pool:
-        futures = [pool.submit(fetch_stage, ws, s, clock, fetcher, force) for s in sources]
-        for source, future in zip(sources, futures, strict=True):
-            report = store_stage(ws, source, future.result())
-            reports.append(report)
-            if on_report:
-                on_report(report)
+    try:
+        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(sources))),
+                                thread_name_prefix="poll") as threads:
+            pending: deque[tuple[Source, Future[Fetched]]] = deque()
+            upcoming = iter(sources)
+
+            def fill() -> None:
+                while len(pending) < IN_FLIGHT:
+                    source = next(upcoming, None)
+                    if source is None:
+                        return
+                    pending.append((source, threads.submit(
+                        fetch_stage, ws, source, clock, fetcher, force, processes)))
+
+            fill()
+            while pending:
+                source, future = pending.popleft()
+                fetched = future.result()
+                if fetched.preparing is not None:
+                    fetched = _collect(source, fetched)
+                report = store_stage(ws, source, fetched)
+                reports.append(report)
+                if on_report:
+                    on_report(report)
+                fill()
+    finally:
+        if processes is not None:
+            processes.shutdown(cancel_futures=True)
     return reports
+
+
+def _collect(source: Source, fetched: Fetched) -> Fetched:
+    """Wait for a worker process's parse of a fetched body."""
+    assert fetched.preparing is not None and fetched.result is not None
+    try:
+        outcome = fetched.preparing.result()
+    except Exception as e:  # the worker died or could not return its result
+        outcome = f"internal error: {type(e).__name__}: {e}"
+    if isinstance(outcome, str):
+        error = SourceError(outcome, source_id=source.id, url=fetched.result.url)
+        return replace(fetched, preparing=None,
+                       state=_error_state(source, fetched.state, fetched.now, error),
+                       report=SourceReport(source.id, "error",
+                                           error=f"{outcome} ({fetched.result.url})"))
+    return replace(fetched, preparing=None, prepared=outcome)
 
 
 def poll_source(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher, *,
@@ -140,11 +191,13 @@ class Fetched:
     state: SourceState
     report: SourceReport | None = None  # set when there is nothing to store
     result: FetchResult | None = None
-    parsed: ParsedFeed | None = None
+    prepared: Prepared | None = None  # the entries as items, ready to store
+    preparing: Future[Prepared | str] | None = None  # ...being made in a worker process
 
 
 def fetch_stage(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher,
-                force: bool = False) -> Fetched:
+                force: bool = False, processes: ProcessPoolExecutor | None = None) -> Fetched:
+    """Fetch (and parse, here or in ``processes``) one source; never raises for it."""
     started = time.monotonic()
     now = clock()
     state = ws.index.source_state(source.id)
@@ -160,10 +213,17 @@ def fetch_stage(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher,
         result = fetcher.fetch(source, http)
         if result.status == "not_modified":
             return Fetched(now, started, state, result=result)
+        config = ws.config
+        if processes is not None and not source.full_text:
+            preparing = processes.submit(prepare_in_worker, result.body, dict(result.headers),
+                                         result.url, source, config.site,
+                                         dict(config.front_matter), now)
+            return Fetched(now, started, state, result=result, preparing=preparing)
         parsed = parse_feed(result.body, result.headers, result.url, source.id)
         if source.full_text:
             parsed = replace(parsed, entries=enrich_entries(
                 parsed.entries, source, fetcher, lambda e: _is_known(ws, source, e)))
+        prepared = prepare_entries(parsed, source, config.site, config.front_matter, now)
     except SourceError as e:
         return Fetched(now, started, _error_state(source, state, now, e),
                        SourceReport(source.id, "error", error=f"{e.detail} ({e.url})"))
@@ -174,7 +234,7 @@ def fetch_stage(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher,
         # Recorded like any error, so backoff applies and the daemon cannot spin on it.
         return Fetched(now, started, _error_state(source, state, now, bug),
                        SourceReport(source.id, "error", error=bug.detail))
-    return Fetched(now, started, state, result=result, parsed=parsed)
+    return Fetched(now, started, state, result=result, prepared=prepared)
 
 
 def _is_known(ws: Workspace, source: Source, entry: Entry) -> bool:
@@ -192,7 +252,7 @@ def _error_state(source: Source, state: SourceState, now: datetime,
 
 
 def store_stage(ws: Workspace, source: Source, fetched: Fetched) -> SourceReport:
-    now, state, result, parsed = fetched.now, fetched.state, fetched.result, fetched.parsed
+    now, state, result, prepared = fetched.now, fetched.state, fetched.result, fetched.prepared
     elapsed = time.monotonic() - fetched.started
     if fetched.report is not None:
         if fetched.report.status == "error":
@@ -209,11 +269,14 @@ def store_stage(ws: Workspace, source: Source, fetched: Fetched) -> SourceReport
                         min_interval=_seconds(result.max_age) or state.min_interval)
         ws.index.save_source_state(source.id, state)
         return SourceReport(source.id, "not_modified", seconds=elapsed)
-    assert parsed is not None
+    assert prepared is not None
+    parsed = prepared.feed
     if parsed.warning:
         log.warning("%s: %s (%s)", source.id, parsed.warning, result.url)
+    for warning in prepared.warnings:
+        log.warning("%s: %s", source.id, warning)
     try:
-        applied = apply_feed(ws, source, parsed, now)
+        applied = apply_feed(ws, source, prepared, now)
     except StoreError as e:
         ws.index.save_source_state(source.id, _error_state(source, state, now, e))
         return SourceReport(source.id, "error", error=str(e), seconds=elapsed)
@@ -241,23 +304,37 @@ def _seconds(delta: object) -> float | None:
 
 
 # -- storing --------------------------------------------------------------------------------
-def apply_feed(ws: Workspace, source: Source, parsed: ParsedFeed, now: datetime) -> ApplyResult:
-    """Dedupe a parsed feed's entries into the store (SPEC §3)."""
-    config = ws.config
-    candidates: list[tuple[Item, list[str], bool]] = []
+Candidate = tuple[Item, list[str], bool]  # the item, its dedupe keys, whether the feed dated it
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """A parsed feed's entries as store items, ready to be deduped and stored."""
+
+    feed: ParsedFeed  # title, language, ttl, warning (entries dropped: they are in items)
+    items: tuple[Candidate, ...]
+    skipped: int = 0
+    warnings: tuple[str, ...] = ()
+
+
+def prepare_entries(parsed: ParsedFeed, source: Source, site: Site,
+                    front_matter: Mapping[str, Any], now: datetime) -> Prepared:
+    """Pure: every entry as the item it becomes, with its dedupe keys; filters applied."""
+    candidates: list[Candidate] = []
+    warnings: list[str] = []
     skipped = 0
     for entry in parsed.entries:
         try:
-            item = build_item(entry, source, parsed, config.site, config.front_matter, now)
+            item = build_item(entry, source, parsed, site, front_matter, now)
         except RecursionError:
             # HTML nested thousands deep (hostile or broken) overflows the converter's
             # recursion: lose that entry, not the whole source.
-            log.warning("%s: skipped an entry whose HTML is nested too deeply (%s)", source.id,
-                        entry.link or entry.entry_id or entry.title[:80])
+            warnings.append("skipped an entry whose HTML is nested too deeply "
+                            f"({entry.link or entry.entry_id or entry.title[:80]})")
             skipped += 1
             continue
         if item is None:
-            log.warning("%s: skipped an entry with no id, link, title or text", source.id)
+            warnings.append("skipped an entry with no id, link, title or text")
             skipped += 1
             continue
         if not passes_filters(source, item.title, item.summary):
@@ -265,6 +342,24 @@ def apply_feed(ws: Workspace, source: Source, parsed: ParsedFeed, now: datetime)
         keys = entry_keys(source.id, entry.entry_id, entry.link, item.title, item.body,
                           entry.published or entry.updated)
         candidates.append((item, keys, (entry.published or entry.updated) is not None))
+    return Prepared(replace(parsed, entries=()), tuple(candidates), skipped, tuple(warnings))
+
+
+def prepare_in_worker(body: bytes, headers: dict[str, str], url: str, source: Source,
+                      site: Site, front_matter: dict[str, Any], now: datetime) -> Prepared | str:
+    """parse_feed + prepare_entries in a worker process; a source's error comes back as
+    its message (exceptions with keyword arguments do not cross processes)."""
+    try:
+        parsed = parse_feed(body, headers, url, source.id)
+    except SourceError as e:
+        return e.detail
+    return prepare_entries(parsed, source, site, front_matter, now)
+
+
+def apply_feed(ws: Workspace, source: Source, prepared: Prepared, now: datetime) -> ApplyResult:
+    """Dedupe prepared items into the store (SPEC §3)."""
+    candidates = prepared.items
+    skipped = prepared.skipped
     new = updated = 0
     # One index transaction per feed: a file renamed into place before a crash and not
     # yet committed is adopted by the next poll (see _new_path), never duplicated.

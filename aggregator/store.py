@@ -234,6 +234,14 @@ def file_hash(data: bytes) -> str:
 
 
 # -- disk ----------------------------------------------------------------------------------
+def _current_umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()  # read once, at import, before any thread runs
+
 # Folders this process made or found: a publish writes thousands of files into a few
 # thousand folders, and a mkdir per file is a measurable share of its time.
 _known_dirs: set[Path] = set()
@@ -255,6 +263,9 @@ def write_atomic(target: Path, data: bytes, tmp_dir: Path) -> None:
     _ensure_dir(target.parent)
     fd, tmp = tempfile.mkstemp(dir=tmp_dir, prefix=f"{os.getpid()}-", suffix=".tmp")
     try:
+        # mkstemp makes 0600 files; a store and feeds served by nginx (another user) must
+        # be readable like any file this user creates.
+        os.fchmod(fd, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         try:
