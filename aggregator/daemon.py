@@ -40,6 +40,11 @@ CONFIG_CHECK_SECONDS = 2.0
 SHUTDOWN_GRACE = 8.0  # seconds to let in-flight writes finish (SIGTERM -> exit within 10 s)
 
 
+def _say(line: str) -> None:
+    """Start and stop lines: shown at every log level (systemd's journal keeps them)."""
+    print(f"aggregator: {line}", file=sys.stderr, flush=True)
+
+
 def utc_now() -> datetime:
     return datetime.now(UTC)
 
@@ -86,7 +91,7 @@ class Daemon:
             self._server_thread = threading.Thread(target=self.server.run, name="serve",
                                                    daemon=True)
             self._server_thread.start()
-            log.warning("serving %s on http://%s:%d/", self.config.output_dir, host, port)
+            _say(f"serving {self.config.output_dir} on http://{host}:{port}/")
         self.scheduler.start()
         now = utc_now()
         for i, source in enumerate(s for s in self.config.sources if s.enabled):
@@ -94,9 +99,8 @@ class Daemon:
             self._schedule(source.id, now + timedelta(milliseconds=50 * i))
         self.scheduler.add_job(self.check_config, "interval", seconds=CONFIG_CHECK_SECONDS,
                                id="config", replace_existing=True)
-        log.warning("daemon started: %d sources, store %s, output %s (pid %d)",
-                    len([s for s in self.config.sources if s.enabled]), self.config.store_dir,
-                    self.config.output_dir, os.getpid())
+        _say(f"daemon started: {len([s for s in self.config.sources if s.enabled])} sources, "
+             f"store {self.config.store_dir}, output {self.config.output_dir} (pid {os.getpid()})")
 
     def shutdown(self) -> None:
         """Stop scheduling; wait (bounded) for in-flight writes; leave nothing half-done."""
@@ -208,13 +212,13 @@ class Daemon:
             if not source.enabled:
                 self._unschedule(source.id)
             elif before is None or not before.enabled or before.url != source.url:
-                log.warning("source %s %s; polling it now", source.id,
-                            "added" if before is None else "changed")
+                _say(f"source {source.id} {'added' if before is None else 'changed'}; "
+                     "polling it now")
                 self._schedule(source.id, now)
             elif before != source:
                 self._reschedule(source)
         for removed in old_sources:
-            log.warning("source %s removed", removed)
+            _say(f"source {removed} removed")
             self._unschedule(removed)
         self.request_publish()
 
@@ -235,7 +239,7 @@ def run_daemon(config_path: Path, *, serve_at: tuple[str, int] | None = None,
     stop_requested = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.warning("received %s, stopping", signal.Signals(signum).name)
+        _say(f"received {signal.Signals(signum).name}, stopping")
         stop_requested.set()
 
     signal.signal(signal.SIGTERM, on_signal)

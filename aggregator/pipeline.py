@@ -82,7 +82,7 @@ class Workspace:
         elif self.index.created and next(self.store.scan(), None) is not None:
             # store/.aggregator/ was deleted (or the store copied without it): without its
             # dedupe keys the next poll would duplicate items, so rebuild it first.
-            log.warning("no index in %s; rebuilding it from the store's files", self.store.meta_dir)
+            log.info("no index in %s; building it from the store's files", self.store.meta_dir)
             reindex(self)
 
     def close(self) -> None:
