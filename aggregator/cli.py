@@ -164,11 +164,12 @@ def poll(ctx: Context, ids: tuple[str, ...], as_json: bool, force: bool) -> None
     from aggregator.pipeline import poll as run_poll
     from aggregator.pipeline import select_sources
 
+    config = ctx.config()
+    try:
+        sources = select_sources(config, ids)  # before anything is created on disk
+    except AggregatorError as e:
+        fail(str(e), EXIT_USAGE)
     with errors_to_exit(), _open(ctx) as ws:
-        try:
-            sources = select_sources(ws.config, ids)
-        except AggregatorError as e:
-            fail(str(e), EXIT_USAGE)
         show = not ctx.quiet and not as_json
         terminal = show and sys.stderr.isatty()
         with _progress(len(sources), terminal, "polling") as emit:
@@ -208,17 +209,20 @@ def publish(ctx: Context, as_json: bool) -> None:
         result = run_publish(ws)
     for problem in result.broken:
         click.echo(f"skipped broken store file {problem}", err=True)
+    for failure in result.failed:
+        click.echo(f"could not build feed {failure}", err=True)
     if as_json:
         click.echo(json.dumps({"feeds": result.feeds, "written": result.written,
                                "unchanged": result.unchanged, "removed": result.removed,
                                "items": result.items, "broken": [str(b) for b in result.broken],
+                               "failed": result.failed,
                                "output": str(ws.config.output_dir)},
                               ensure_ascii=False, indent=2))
     elif not ctx.quiet:
         click.echo(f"{result.feeds} feeds from {result.items} items: {result.written} files "
                    f"written, {result.unchanged} unchanged, {result.removed} removed "
                    f"-> {ws.config.output_dir}", err=True)
-    sys.exit(EXIT_PARTIAL if result.broken else EXIT_OK)
+    sys.exit(EXIT_PARTIAL if result.broken or result.failed else EXIT_OK)
 
 
 # -- serve and daemon -----------------------------------------------------------------------

@@ -10,6 +10,7 @@ The answer is a FetchResult; 304 is a result, not an error.
 from __future__ import annotations
 
 import re
+import socket
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ from urllib.request import url2pathname
 
 import requests
 from requests.adapters import HTTPAdapter
+from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from aggregator import __version__
 from aggregator.errors import FetchError
@@ -36,6 +38,71 @@ MAX_RETRY_AFTER_SECONDS = 7 * 86400  # the longest Retry-After we honour
 PER_HOST = 2
 CHUNK = 64 * 1024
 _MAX_AGE = re.compile(r"(?:^|,)\s*max-age\s*=\s*\"?(\d+)", re.I)
+
+
+# -- the whole-fetch deadline --------------------------------------------------------------
+# A socket timeout bounds each read, not the request: a server sending its status line
+# and headers a byte at a time would hold a worker forever. Every connection a fetch
+# takes from the pool is noted (per thread); a timer shuts its socket down when the
+# fetch's time is up, and the blocked read fails at once.
+_fetch_local = threading.local()
+
+
+def _note_connection(conn: object) -> None:
+    noted = getattr(_fetch_local, "connections", None)
+    if noted is not None:
+        noted.append(conn)
+
+
+class _WatchedHTTPPool(HTTPConnectionPool):
+    def _get_conn(self, timeout: float | None = None):  # noqa: ANN202
+        conn = super()._get_conn(timeout)
+        _note_connection(conn)
+        return conn
+
+
+class _WatchedHTTPSPool(HTTPSConnectionPool):
+    def _get_conn(self, timeout: float | None = None):  # noqa: ANN202
+        conn = super()._get_conn(timeout)
+        _note_connection(conn)
+        return conn
+
+
+class _WatchedAdapter(HTTPAdapter):
+    def init_poolmanager(self, *args: object, **kwargs: object) -> None:
+        super().init_poolmanager(*args, **kwargs)  # type: ignore[arg-type]
+        self.poolmanager.pool_classes_by_scheme = {"http": _WatchedHTTPPool,
+                                                   "https": _WatchedHTTPSPool}
+
+
+class _Watchdog:
+    """Shuts down the fetch's sockets after ``seconds``; ``fired`` says it did."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.fired = False
+        self._connections: list[object] = []
+        self._timer = threading.Timer(seconds, self._fire)
+        self._timer.daemon = True
+
+    def __enter__(self) -> _Watchdog:
+        _fetch_local.connections = self._connections
+        self._timer.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._timer.cancel()
+        _fetch_local.connections = None
+
+    def _fire(self) -> None:
+        self.fired = True
+        for conn in list(self._connections):
+            sock = getattr(conn, "sock", None)
+            if sock is not None:
+                try:
+                    sock.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 class Fetcher:
@@ -62,7 +129,8 @@ class Fetcher:
             session.max_redirects = MAX_REDIRECTS
             session.headers.update({"User-Agent": USER_AGENT, "Accept": ACCEPT,
                                     "Accept-Encoding": "gzip, deflate"})
-            adapter = HTTPAdapter(pool_connections=4, pool_maxsize=self.per_host, max_retries=0)
+            adapter = _WatchedAdapter(pool_connections=4, pool_maxsize=self.per_host,
+                                      max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
             self._local.session = session
@@ -91,9 +159,20 @@ class Fetcher:
             # The deadline starts once the request may go: waiting for one of the host's
             # two slots is our queue, not the server's slowness.
             deadline = time.monotonic() + source.timeout
+            watchdog = _Watchdog(source.timeout)
             try:
-                response = self._session().get(url, headers=headers, stream=True,
-                                                timeout=(min(source.timeout, 10.0), read_timeout))
+                with watchdog:
+                    response = self._session().get(
+                        url, headers=headers, stream=True,
+                        timeout=(min(source.timeout, 10.0), read_timeout))
+                    with response:
+                        return self._read_response(source, url, response, deadline, fail)
+            except FetchError:
+                raise
+            except Exception as e:
+                if watchdog.fired:  # our deadline cut the connection, whatever broke next
+                    raise fail(f"timed out after {source.timeout:g}s") from e
+                raise
             except requests.TooManyRedirects as e:
                 raise fail(f"too many redirects (more than {MAX_REDIRECTS})") from e
             except requests.exceptions.InvalidSchema as e:
@@ -112,8 +191,6 @@ class Fetcher:
                 # requests lets a malformed Location through ("http://[::1", raw non-UTF-8
                 # bytes); it fails while following it, outside its own exception tree.
                 raise fail(f"invalid redirect: {_reason(e)}") from e
-            with response:
-                return self._read_response(source, url, response, deadline, fail)
 
     def _read_response(self, source: Source, url: str, response: requests.Response,
                        deadline: float, fail) -> FetchResult:  # noqa: ANN001

@@ -329,6 +329,12 @@ class Index:
         return {p: (w, u) for p, w, u in
                 self._query("SELECT path, written_hash, updates FROM items")}
 
+    def all_keys(self) -> list[tuple[str, str]]:
+        return self._query("SELECT key, path FROM keys")
+
+    def all_item_sources(self) -> list[tuple[str, str, str | None]]:
+        return self._query("SELECT path, source, content_hash FROM item_sources ORDER BY rowid")
+
     def clear_items(self, db: sqlite3.Connection) -> None:
         for table in ("items", "keys", "item_sources", "files", "outputs"):
             db.execute(f"DELETE FROM {table}")

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import multiprocessing
 import os
@@ -364,11 +365,18 @@ def apply_feed(ws: Workspace, source: Source, prepared: Prepared, now: datetime)
     # One index transaction per feed: a file renamed into place before a crash and not
     # yet committed is adopted by the next poll (see _new_path), never duplicated.
     with ws.write_lock.held():
-        with ws.index.transaction():
-            for item, keys, dated in candidates:
-                outcome = _apply_item(ws, source, item, keys, dated, now)
-                new += outcome == "new"
-                updated += outcome == "updated"
+        recover_journal(ws)
+        try:
+            with ws.index.transaction():
+                for item, keys, dated in candidates:
+                    outcome = _apply_item(ws, source, item, keys, dated, now)
+                    new += outcome == "new"
+                    updated += outcome == "updated"
+        except BaseException:
+            # Rolled back: the journal entries stay on disk for recover_journal, and must
+            # not be deleted by the next feed's commit.
+            ws.pending_journal.clear()
+            raise
         _clear_journal(ws)
     return ApplyResult(new=new, updated=updated, skipped=skipped)
 
@@ -386,6 +394,7 @@ def _apply_item(ws: Workspace, source: Source, item: Item, keys: list[str], date
             assert path is not None
         else:
             data = render_item(item).encode("utf-8")
+            _journal(ws, path, file_hash(data), source.id, keys, chash)
             store.write(path, data)
             with index.transaction() as db:
                 index.record_item(db, ItemRecord(path, source.id, file_hash(data), 0, False),
@@ -399,11 +408,6 @@ def _apply_item(ws: Workspace, source: Source, item: Item, keys: list[str], date
             index.record_item(db, record, keys, {})
         return "same"
     on_disk = store.read_bytes(path)
-    if on_disk is not None and record.written_hash is not None and (
-            file_hash(on_disk) != record.written_hash
-            and _pending_hash(ws, path) == file_hash(on_disk)):
-        # Our own update, renamed into place by a run killed before its index commit.
-        record = replace(record, written_hash=file_hash(on_disk))
     if on_disk is None or record.written_hash is None or file_hash(on_disk) != record.written_hash:
         # Deleted or edited by a person (or never ours): the file is theirs now.
         gone = on_disk is None and record.written_hash is not None
@@ -427,7 +431,7 @@ def _apply_item(ws: Workspace, source: Source, item: Item, keys: list[str], date
     data = render_item(merged).encode("utf-8")
     changed = data != on_disk
     if changed:
-        _journal(ws, path, file_hash(data))
+        _journal(ws, path, file_hash(data), source.id, keys, chash)
         store.write(path, data)
     with index.transaction() as db:
         index.record_item(db, replace(record, written_hash=file_hash(data), updates=updates),
@@ -435,23 +439,19 @@ def _apply_item(ws: Workspace, source: Source, item: Item, keys: list[str], date
     return "updated" if changed else "same"
 
 
-# The index commits once per feed, after the files are renamed into place. An updated
-# file's new hash is journaled first, so a run killed in between does not leave a file
-# the index takes for a person's edit (and would never update again).
+# The index commits once per feed, after the files are renamed into place. Each write
+# is journaled first (path, hash, source, keys), so a run killed in between leaves a
+# record the next run replays into the index: no file taken for a person's edit (and
+# never updated again), no new file indexed under no key (and stored twice).
 def _journal_path(ws: Workspace, path: str) -> Path:
     return ws.store.meta_dir / "pending" / hashlib.sha1(path.encode()).hexdigest()
 
 
-def _journal(ws: Workspace, path: str, digest: str) -> None:
-    write_atomic(_journal_path(ws, path), digest.encode(), ws.store.tmp_dir)
+def _journal(ws: Workspace, path: str, digest: str, source_id: str, keys: list[str],
+             chash: str) -> None:
+    record = {"path": path, "hash": digest, "source": source_id, "keys": keys, "chash": chash}
+    write_atomic(_journal_path(ws, path), json.dumps(record).encode(), ws.store.tmp_dir)
     ws.pending_journal.append(path)
-
-
-def _pending_hash(ws: Workspace, path: str) -> str | None:
-    try:
-        return _journal_path(ws, path).read_text(encoding="ascii").strip()
-    except OSError:
-        return None
 
 
 def _clear_journal(ws: Workspace) -> None:
@@ -461,6 +461,34 @@ def _clear_journal(ws: Workspace) -> None:
         except OSError:
             pass
     ws.pending_journal.clear()
+
+
+def recover_journal(ws: Workspace) -> int:
+    """Index the writes of a run that died before its commit. Caller holds the write lock."""
+    folder = ws.store.meta_dir / "pending"
+    try:
+        leftovers = sorted(folder.iterdir())
+    except OSError:
+        return 0
+    recovered = 0
+    for entry in leftovers:
+        try:
+            record = json.loads(entry.read_text(encoding="utf-8"))
+            path, digest = record["path"], record["hash"]
+        except (OSError, ValueError, KeyError, TypeError):
+            entry.unlink(missing_ok=True)
+            continue
+        data = ws.store.read_bytes(path)
+        if data is not None and file_hash(data) == digest:
+            known = ws.index.item(path)
+            if known is None:
+                known = ItemRecord(path, record["source"], digest, 0, False)
+            with ws.index.transaction() as db:
+                ws.index.record_item(db, replace(known, written_hash=digest), record["keys"],
+                                     {record["source"]: record["chash"]})
+            recovered += 1
+        entry.unlink(missing_ok=True)
+    return recovered
 
 
 def _new_path(ws: Workspace, source: Source, item: Item, keys: list[str], dated: bool) -> str | None:
@@ -499,8 +527,15 @@ def reindex(ws: Workspace) -> tuple[int, list[StoreError]]:
     count = 0
     with ws.write_lock.held():
         sweep_temp_files(ws.store.tmp_dir)
+        recover_journal(ws)
         files = sorted(rel for rel, _stat in ws.store.scan())
         previous = ws.index.written_hashes()
+        # What the files cannot tell but the index knew of files still there: keys of
+        # entries without id or link (hash:), other sources' ids, which sources list an
+        # item. Kept, so a reindex neither duplicates an item nor drops it from a feed.
+        present_paths = set(files)
+        old_keys = [(k, p) for k, p in ws.index.all_keys() if p in present_paths]
+        old_sources = [r for r in ws.index.all_item_sources() if r[0] in present_paths]
         # A file of ours that a person deleted since the last poll: record the deletion
         # now, or the rebuilt index forgets the item and the next poll brings it back.
         present = set(files)
@@ -537,6 +572,11 @@ def reindex(ws: Workspace) -> tuple[int, list[StoreError]]:
                 ws.index.record_item(db, ItemRecord(rel, item.source, written, updates, False),
                                      keys, dict.fromkeys(sources))
                 count += 1
+            indexed = {rel for rel in files if ws.index.path_taken(rel)}
+            db.executemany("INSERT OR IGNORE INTO keys(key, path) VALUES (?, ?)",
+                           [(k, p) for k, p in old_keys if p in indexed])
+            db.executemany("INSERT OR IGNORE INTO item_sources(path, source, content_hash) "
+                           "VALUES (?, ?, ?)", [r for r in old_sources if r[0] in indexed])
     return count, problems
 
 

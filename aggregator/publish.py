@@ -163,7 +163,7 @@ def _fragment_rows(entries: list[Entry], html: Mapping[str, str], base: str,
                    source_info: SourceInfo) -> list[FragmentRow]:
     built = render_fragments(entries, html, base, source_info)
     return [(e.path, fragment_key(e.item, base, source_info), built[e.path].rss,
-             built[e.path].atom, built[e.path].json) for e in entries]
+             built[e.path].atom, built[e.path].json) for e in entries if e.path in built]
 
 
 def _process_batch(args: tuple[str, list[str], str, str, dict[str, tuple[str, str]]]
@@ -243,8 +243,11 @@ def load_entries(ws: Workspace, source_info: SourceInfo
     return entries, broken
 
 
-def refresh_fragments(ws: Workspace, entries: Iterable[Entry], source_info: SourceInfo) -> int:
-    """Rebuild the fragments that are missing or were built with other settings."""
+def refresh_fragments(ws: Workspace, entries: Iterable[Entry], source_info: SourceInfo
+                      ) -> set[str]:
+    """Rebuild the fragments that are missing or were built with other settings; the
+    paths of items that cannot be built at all come back."""
+    entries = list(entries)
     base = ws.config.site.base_url
     keys = ws.index.fragment_keys()
     stale = [e for e in entries if keys.get(e.path) != fragment_key(e.item, base, source_info)]
@@ -256,7 +259,9 @@ def refresh_fragments(ws: Workspace, entries: Iterable[Entry], source_info: Sour
                    for i in range(0, len(rows), PARSE_BATCH)]
         for built in _pool_map(_render_batch, batches):
             ws.index.save_fragments(built)
-    return len(stale)
+    keys = ws.index.fragment_keys()
+    return {e.path for e in entries
+            if keys.get(e.path) != fragment_key(e.item, base, source_info)}
 
 
 _TRAILING_LINK = re.compile(r"\[[^\]\n]*\]\(<?(https?://[^\s)>]+)>?\)\s*$")
@@ -421,7 +426,8 @@ def _add_entry(fg: FeedGenerator, entry: Entry, html: str, base: str,
     fe = fg.add_entry(order="append")
     fe.guid(guid, permalink=bool(item.link) and guid == item.link and is_web_url(guid))
     fe.aggregator.atom_id = _atom_id(guid)
-    fe.title(item.title)
+    # Both formats require a title; one of only control characters is empty by now.
+    fe.title(item.title or item.summary[:80] or Path(entry.path).stem)
     if item.link and is_web_url(item.link):
         fe.link(href=item.link, rel="alternate")
     if item.summary:
@@ -472,12 +478,18 @@ def render_fragments(entries: list[Entry], html: Mapping[str, str], base: str,
         fg.link(href=base, rel="alternate")
         fg.description("fragments")
         fg.updated(EPOCH)
-        objects = [_add_entry(fg, e, html.get(e.path, ""), base, source_info) for e in batch]
         try:
+            objects = [_add_entry(fg, e, html.get(e.path, ""), base, source_info)
+                       for e in batch]
             rss = fg.rss_str(pretty=True, encoding="UTF-8").decode("utf-8")
             atom = fg.atom_str(pretty=True, encoding="UTF-8").decode("utf-8")
-        except (ValueError, TypeError) as e:  # lxml refuses characters XML cannot hold
-            raise PublishError(f"cannot build items: {e}", feed="/") from e
+        except (ValueError, TypeError) as e:  # feedgen or lxml refused an item
+            if len(batch) == 1:
+                log.error("%s: cannot be published: %s", batch[0].path, e)
+                continue  # left out; publish reports it as a broken file
+            for one in batch:  # find the item at fault; build the others
+                out.update(render_fragments([one], html, base, source_info))
+            continue
         rss_items = _RSS_ITEM.findall(rss)
         atom_entries = _ATOM_ENTRY.findall(atom)
         if len(rss_items) != len(batch) or len(atom_entries) != len(batch):
@@ -664,8 +676,11 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
             else:
                 rebuild.append((spec, newest))
         needed = {e.path: e for _, newest in rebuild for e in newest}
-        refresh_fragments(ws, needed.values(), info)
+        unbuildable = refresh_fragments(ws, needed.values(), info)
+        for path in sorted(unbuildable):
+            result.broken.append(StoreError("cannot be published (see the log)", path=path))
         for spec, newest in rebuild:
+            newest = [e for e in newest if e.path not in unbuildable]
             key = spec.directory or "/"
             stored = ws.index.fragments([e.path for e in newest])
             try:
