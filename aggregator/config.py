@@ -350,6 +350,8 @@ def _source_url(raw: str, base_dir: Path) -> str | None:
     except ValueError:  # 'http://[bad'
         return None
     scheme = parts.scheme.lower()
+    if parts.scheme and parts.scheme != scheme:  # HTTPS://, FILE:// work as they do in browsers
+        raw = scheme + raw[len(parts.scheme):]
     if scheme in ("http", "https"):
         return raw if parts.netloc else None
     if scheme == "file":

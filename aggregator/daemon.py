@@ -33,6 +33,7 @@ from aggregator.lock import DaemonLock
 from aggregator.model import Config, Source
 from aggregator.pipeline import Workspace, fetch_stage, store_stage
 from aggregator.schedule import next_poll_at
+from aggregator.store import Store, sweep_temp_files
 
 log = logging.getLogger("aggregator.daemon")
 PUBLISH_DELAY = timedelta(seconds=3)  # publish at most this long after a change, once
@@ -82,6 +83,8 @@ class Daemon:
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
+        with self.ws.write_lock.held():  # leftovers of a daemon killed with -9
+            sweep_temp_files(self.ws.store.tmp_dir)
         self.publish()
         if self.serve_at:
             from aggregator.serve import make_server
@@ -205,6 +208,8 @@ class Daemon:
                       "(keeping the running config)", self.config_path)
             return
         self.ws.config = new
+        if new.site.timezone != old.site.timezone:  # the store reads naive dates in it
+            self.ws.store = Store(new.store_dir, new.site.timezone)
         old_sources = {s.id: s for s in old.sources}
         now = utc_now()
         for source in new.sources:

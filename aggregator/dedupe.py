@@ -167,6 +167,6 @@ def apply_update(old: Item, new: Item, now: datetime) -> Item:
         tags=merge_terms(new.tags, old.tags),
         categories=merge_terms(new.categories, old.categories),
         sources=old.sources,
-        lastmod=now,
+        lastmod=now.astimezone(old.date.tzinfo).replace(microsecond=0),  # in date's zone
         extra=old.extra,
     )

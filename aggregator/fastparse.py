@@ -31,6 +31,9 @@ MEDIA = "http://search.yahoo.com/mrss/"
 SY = "http://purl.org/rss/1.0/modules/syndication/"
 XML_BASE = "{http://www.w3.org/XML/1998/namespace}base"
 XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+# A feed asking for more than a week between polls is almost always a mistake (ttl in
+# seconds, not minutes); we honour up to a week.
+MAX_FEED_INTERVAL = 7 * 86400
 _UPDATE_PERIODS = {"hourly": 3600, "daily": 86400, "weekly": 604800, "monthly": 2592000,
                    "yearly": 31536000}
 
@@ -132,7 +135,7 @@ def _min_interval(channel: etree._Element) -> timedelta | None:
     if period in _UPDATE_PERIODS:
         freq = _text(channel.find(f"{{{SY}}}updateFrequency"))
         seconds.append(_UPDATE_PERIODS[period] / (int(freq) if freq.isdigit() and int(freq) else 1))
-    return timedelta(seconds=min(max(seconds), 86400)) if seconds else None
+    return timedelta(seconds=min(max(seconds), MAX_FEED_INTERVAL)) if seconds else None
 
 
 def _check_no_base(root: etree._Element) -> None:

@@ -91,7 +91,8 @@ class SourceState:
     retry_until: str | None = None  # 429/503 Retry-After
     backoff_until: str | None = None  # exponential backoff after errors
     gone: bool = False  # 410: disabled until the configured URL changes
-    min_interval: float | None = None  # seconds: the feed's ttl / max-age
+    min_interval: float | None = None  # seconds: the longer of the feed's ttl and max-age
+    feed_interval: float | None = None  # seconds: the feed's own ttl / sy:updatePeriod
     next_poll: str | None = None
     last_new: int = 0
     last_updated: int = 0
@@ -328,6 +329,19 @@ class Index:
     def written_hashes(self) -> dict[str, tuple[str | None, int]]:
         return {p: (w, u) for p, w, u in
                 self._query("SELECT path, written_hash, updates FROM items")}
+
+    def meta(self, key: str) -> str | None:
+        rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
+        return rows[0][0] if rows else None
+
+    def set_meta(self, key: str, value: str) -> None:
+        with self.transaction() as db:
+            db.execute("INSERT OR REPLACE INTO meta(key, value) VALUES (?, ?)", (key, value))
+
+    def clear_publish_caches(self) -> None:
+        with self.transaction() as db:
+            for table in CACHE_TABLES:
+                db.execute(f"DELETE FROM {table}")
 
     def all_keys(self) -> list[tuple[str, str]]:
         return self._query("SELECT key, path FROM keys")

@@ -267,7 +267,9 @@ def store_stage(ws: Workspace, source: Source, fetched: Fetched) -> SourceReport
                         etag=result.etag or state.etag,
                         last_modified=result.last_modified or state.last_modified,
                         permanent_url=result.permanent_url or state.permanent_url,
-                        min_interval=_seconds(result.max_age) or state.min_interval)
+                        # A 304 has no feed to read a ttl from: keep the last one seen.
+                        min_interval=max(state.feed_interval or 0,
+                                         _seconds(result.max_age) or 0) or None)
         ws.index.save_source_state(source.id, state)
         return SourceReport(source.id, "not_modified", seconds=elapsed)
     assert prepared is not None
@@ -294,6 +296,7 @@ def store_stage(ws: Workspace, source: Source, fetched: Fetched) -> SourceReport
                     permanent_url=result.permanent_url or (
                         state.permanent_url if result.url != source.url else None),
                     min_interval=min_interval or None, title=parsed.title,
+                    feed_interval=_seconds(parsed.min_interval),
                     last_new=applied.new, last_updated=applied.updated)
     ws.index.save_source_state(source.id, state)
     return SourceReport(source.id, "ok", new=applied.new, updated=applied.updated,

@@ -654,6 +654,12 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
     with ws.write_lock.held():
         output.mkdir(parents=True, exist_ok=True)
         sweep_temp_files(output / OUTPUT_TMP)
+        # Cached parses hold dates read in site.timezone and URLs made absolute against
+        # site.base_url: when either changes, the caches are rebuilt.
+        settings = json.dumps([config.site.timezone, config.site.base_url])
+        if ws.index.meta("publish_settings") != settings:
+            ws.index.clear_publish_caches()
+            ws.index.set_meta("publish_settings", settings)
         info = source_info_of(ws)
         entries, result.broken = load_entries(ws, info)
         result.items = len(entries)
