@@ -9,9 +9,12 @@ in the index, so ``is_known`` answers yes from then on.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
+import socket
 from collections.abc import Callable
 from dataclasses import replace
+from urllib.parse import urlsplit
 
 from aggregator.content import is_web_url
 from aggregator.errors import SourceError
@@ -37,6 +40,20 @@ def extract_article(body: bytes, url: str) -> str | None:
     return html
 
 
+def may_fetch(article_url: str, feed_url: str) -> bool:
+    """An article on the feed's own host, or on a public address: a feed must not make
+    us fetch (and publish) pages of our own network (SSRF)."""
+    host = (urlsplit(article_url).hostname or "").lower()
+    if host and host == (urlsplit(feed_url).hostname or "").lower():
+        return True
+    try:
+        addresses = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except (OSError, UnicodeError):
+        return False
+    return bool(addresses) and all(ipaddress.ip_address(a.split("%")[0]).is_global
+                                   for a in addresses)
+
+
 def enrich_entries(entries: tuple[Entry, ...], source: Source, fetcher: Fetcher,
                    is_known: Callable[[Entry], bool]) -> tuple[Entry, ...]:
     """Entries with the linked article's text as content, for the ones not stored yet."""
@@ -47,13 +64,21 @@ def enrich_entries(entries: tuple[Entry, ...], source: Source, fetcher: Fetcher,
                 or is_known(entry)):
             out.append(entry)
             continue
-        fetched += 1
         assert entry.link is not None
+        if not may_fetch(entry.link, source.url):
+            log.info("%s: full text of %s not fetched: not the feed's host nor a public "
+                     "address", source.id, entry.link)
+            out.append(entry)
+            continue
+        fetched += 1
         page = replace(source, url=entry.link)
         try:
             result = fetcher.fetch(page, HttpState())
         except SourceError as e:
             log.info("%s: full text of %s not fetched: %s", source.id, entry.link, e.detail)
+            out.append(entry)
+            continue
+        if not may_fetch(result.url, source.url):  # redirected into our own network
             out.append(entry)
             continue
         article = extract_article(result.body, result.url) if result.body else None
