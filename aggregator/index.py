@@ -330,6 +330,12 @@ class Index:
         return {p: (w, u) for p, w, u in
                 self._query("SELECT path, written_hash, updates FROM items")}
 
+    def raw_keys(self, source_id: str) -> frozenset[str]:
+        """The raw: keys of a source's entries already stored (see pipeline.raw_key)."""
+        low, high = f"raw:{source_id}\x00", f"raw:{source_id}\x01"
+        return frozenset(k for (k,) in self._query(
+            "SELECT key FROM keys WHERE key >= ? AND key < ?", (low, high)))
+
     def meta(self, key: str) -> str | None:
         rows = self._query("SELECT value FROM meta WHERE key = ?", (key,))
         return rows[0][0] if rows else None

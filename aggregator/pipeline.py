@@ -32,6 +32,7 @@ from aggregator.dedupe import (
     add_source,
     apply_update,
     content_hash,
+    digest,
     entry_keys,
     normalize_link,
 )
@@ -218,13 +219,18 @@ def fetch_stage(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher,
         if processes is not None and not source.full_text:
             preparing = processes.submit(prepare_in_worker, result.body, dict(result.headers),
                                          result.url, source, config.site,
-                                         dict(config.front_matter), now)
+                                         dict(config.front_matter), now,
+                                         ws.index.raw_keys(source.id))
             return Fetched(now, started, state, result=result, preparing=preparing)
         parsed = parse_feed(result.body, result.headers, result.url, source.id)
         if source.full_text:
-            parsed = replace(parsed, entries=enrich_entries(
-                parsed.entries, source, fetcher, lambda e: _is_known(ws, source, e)))
-        prepared = prepare_entries(parsed, source, config.site, config.front_matter, now)
+            # A stored item keeps the article text it got: its entry (a summary) must not
+            # update it, so only entries not stored yet go on, with their article.
+            fresh = tuple(e for e in parsed.entries if not _is_known(ws, source, e))
+            parsed = replace(parsed, entries=enrich_entries(fresh, source, fetcher,
+                                                            lambda e: False))
+        prepared = prepare_entries(parsed, source, config.site, config.front_matter, now,
+                                   ws.index.raw_keys(source.id))
     except SourceError as e:
         return Fetched(now, started, _error_state(source, state, now, e),
                        SourceReport(source.id, "error", error=f"{e.detail} ({e.url})"))
@@ -321,13 +327,30 @@ class Prepared:
     warnings: tuple[str, ...] = ()
 
 
+def raw_key(entry: Entry, source_id: str, settings: str) -> str:
+    """The key of an entry exactly as the feed gave it, under the settings that shape its
+    item: seen and stored before, it needs no new conversion (a feed re-sent whole with
+    two new items converts two, not twenty)."""
+    return f"raw:{source_id}\x00{digest(repr(entry), settings)}"
+
+
+def item_settings(source: Source, site: Site, front_matter: Mapping[str, Any]) -> str:
+    return repr((source, site, sorted(front_matter.items(), key=lambda kv: kv[0])))
+
+
 def prepare_entries(parsed: ParsedFeed, source: Source, site: Site,
-                    front_matter: Mapping[str, Any], now: datetime) -> Prepared:
-    """Pure: every entry as the item it becomes, with its dedupe keys; filters applied."""
+                    front_matter: Mapping[str, Any], now: datetime,
+                    known_raw: frozenset[str] = frozenset()) -> Prepared:
+    """Pure: every entry not seen before as the item it becomes, with its dedupe keys;
+    filters applied."""
     candidates: list[Candidate] = []
     warnings: list[str] = []
     skipped = 0
+    settings = item_settings(source, site, front_matter)
     for entry in parsed.entries:
+        raw = raw_key(entry, source.id, settings)
+        if raw in known_raw:
+            continue
         try:
             item = build_item(entry, source, parsed, site, front_matter, now)
         except RecursionError:
@@ -345,19 +368,21 @@ def prepare_entries(parsed: ParsedFeed, source: Source, site: Site,
             continue
         keys = entry_keys(source.id, entry.entry_id, entry.link, item.title, item.body,
                           entry.published or entry.updated)
+        keys.append(raw)  # last: never the key an item is found by, only skipped by
         candidates.append((item, keys, (entry.published or entry.updated) is not None))
     return Prepared(replace(parsed, entries=()), tuple(candidates), skipped, tuple(warnings))
 
 
 def prepare_in_worker(body: bytes, headers: dict[str, str], url: str, source: Source,
-                      site: Site, front_matter: dict[str, Any], now: datetime) -> Prepared | str:
+                      site: Site, front_matter: dict[str, Any], now: datetime,
+                      known_raw: frozenset[str] = frozenset()) -> Prepared | str:
     """parse_feed + prepare_entries in a worker process; a source's error comes back as
     its message (exceptions with keyword arguments do not cross processes)."""
     try:
         parsed = parse_feed(body, headers, url, source.id)
     except SourceError as e:
         return e.detail
-    return prepare_entries(parsed, source, site, front_matter, now)
+    return prepare_entries(parsed, source, site, front_matter, now, known_raw)
 
 
 def apply_feed(ws: Workspace, source: Source, prepared: Prepared, now: datetime) -> ApplyResult:

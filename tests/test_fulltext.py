@@ -59,3 +59,19 @@ def test_full_text_refuses_pages_of_our_own_network(tmp_path: Path, feed_server)
     assert "INTERNAL-SECRET" not in item.body
     assert "Short summary only." in item.body
     assert feed_server.requests_for("/admin") == []
+
+
+def test_a_stored_full_text_is_not_replaced_by_the_summary(tmp_path: Path, feed_server) -> None:
+    base = feed_server.url("").rstrip("/")
+    feed_server.route("/feed.xml", body=feed(base, base + "/story"))
+    feed_server.route("/story", body=ARTICLE.format(marker="FULLTEXT-MARKER").encode(),
+                      content_type="text/html; charset=utf-8")
+    config = write_config(tmp_path, [{"id": "ft", "url": base + "/feed.xml",
+                                      "full_text": True}])
+    poll_json(config, expect=(0,))
+    # The feed changes its summary: the item keeps the article it was given.
+    feed_server.route("/feed.xml", body=feed(base, base + "/story").replace(
+        b"Short summary only.", b"A new summary."))
+    poll_json(config, force=True, expect=(0,))
+    (item,) = read_store(tmp_path / "store").values()
+    assert "FULLTEXT-MARKER" in item.body
