@@ -15,6 +15,7 @@ import hashlib
 import re
 import unicodedata
 from collections.abc import Iterable
+from functools import lru_cache
 from urllib.parse import quote
 
 MAX_SLUG_BYTES = 150
@@ -41,6 +42,7 @@ def _go_lower(text: str) -> str:
     return "".join("i" if ch == "\u0130" else ch.lower() for ch in text)
 
 
+@lru_cache(maxsize=65536)  # a publish asks for the same few thousand terms again and again
 def hugo_urlize(term: str) -> str:
     """Hugo's MakePathSanitized (UnicodeSanitize + ToLower), character for character."""
     target: list[str] = []
@@ -73,6 +75,7 @@ def is_safe_slug(slug: str) -> bool:
             and "%" not in slug)
 
 
+@lru_cache(maxsize=65536)
 def term_slug(term: str) -> str:
     """Hugo's slug when it is safe on disk, else a safe one derived from it."""
     slug = hugo_urlize(term)
@@ -114,6 +117,7 @@ def assign_slugs(terms: Iterable[str]) -> dict[str, str]:
     return out
 
 
+@lru_cache(maxsize=65536)
 def url_segment(slug: str) -> str:
     """The slug as it appears in a URL: percent-encoded UTF-8 (人工智能 -> %E4%BA%BA...).
 
