@@ -128,7 +128,9 @@ def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fet
     cores = os.cpu_count() or 1
     processes = None
     if len(sources) >= PARSE_IN_PROCESSES_MIN and cores > 1:
-        processes = ProcessPoolExecutor(max_workers=min(cores, 4),
+        # One core stays with this process, which stores while the workers parse: on a
+        # two-core server that is one worker, and the poll's memory stays near 100 MB.
+        processes = ProcessPoolExecutor(max_workers=max(1, min(cores - 1, 3)),
                                         mp_context=multiprocessing.get_context("forkserver"))
     reports: list[SourceReport] = []
     try:
