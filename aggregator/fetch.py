@@ -172,25 +172,12 @@ class Fetcher:
             except Exception as e:
                 if watchdog.fired:  # our deadline cut the connection, whatever broke next
                     raise fail(f"timed out after {source.timeout:g}s") from e
-                raise
-            except requests.TooManyRedirects as e:
-                raise fail(f"too many redirects (more than {MAX_REDIRECTS})") from e
-            except requests.exceptions.InvalidSchema as e:
-                raise fail(f"redirected to a URL that is not http(s): {_target(e)}") from e
-            except (requests.exceptions.MissingSchema, requests.exceptions.InvalidURL) as e:
-                raise fail(f"invalid URL: {e}") from e
-            except requests.exceptions.SSLError as e:
-                raise fail(f"TLS error: {_reason(e)}") from e
-            except requests.Timeout as e:
-                raise fail(f"timed out after {source.timeout:g}s") from e
-            except requests.ConnectionError as e:
-                raise fail(f"cannot connect: {_reason(e)}") from e
-            except requests.RequestException as e:
-                raise fail(f"request failed: {_reason(e)}") from e
-            except (ValueError, UnicodeError) as e:
-                # requests lets a malformed Location through ("http://[::1", raw non-UTF-8
-                # bytes); it fails while following it, outside its own exception tree.
-                raise fail(f"invalid redirect: {_reason(e)}") from e
+                # Mapped here, not by except clauses after this one: those never ran, and
+                # every refused connection or redirect loop became an "internal error".
+                error = _request_error(e, source, fail)
+                if error is None:
+                    raise
+                raise error from e
 
     def _read_response(self, source: Source, url: str, response: requests.Response,
                        deadline: float, fail) -> FetchResult:  # noqa: ANN001
@@ -235,9 +222,12 @@ class Fetcher:
                 chunks.append(chunk)
         except FetchError:
             raise
-        except (requests.RequestException, OSError, ValueError) as e:
-            raise fail(f"connection broke while reading: {_reason(e)}") from e
-        except Exception as e:  # urllib3 raises its own types (DecodeError, ProtocolError...)
+        except Exception as e:
+            if time.monotonic() > deadline:  # the watchdog broke the read: that is the timeout
+                raise fail(f"timed out after {source.timeout:g}s (body still arriving)") from e
+            if isinstance(e, requests.RequestException | OSError | ValueError):
+                raise fail(f"connection broke while reading: {_reason(e)}") from e
+            # urllib3 raises its own types (DecodeError, ProtocolError...)
             if "timed out" in str(e).lower():
                 raise fail(f"timed out after {source.timeout:g}s") from e
             raise fail(f"bad response body: {_reason(e)}") from e
@@ -275,6 +265,29 @@ def fetch_file(source: Source, url: str, state: HttpState) -> FetchResult:
         raise FetchError(f"too large: more than max_bytes ({source.max_bytes} bytes)",
                          source_id=source.id, url=url)
     return FetchResult(status="ok", url=url, body=body, last_modified=stamp)
+
+
+def _request_error(e: Exception, source: Source, fail) -> FetchError | None:  # noqa: ANN001
+    """What a failed request means for the user, or None for an exception we do not know."""
+    if isinstance(e, requests.TooManyRedirects):
+        return fail(f"too many redirects (more than {MAX_REDIRECTS})")
+    if isinstance(e, requests.exceptions.InvalidSchema):
+        return fail(f"redirected to a URL that is not http(s): {_target(e)}")
+    if isinstance(e, requests.exceptions.MissingSchema | requests.exceptions.InvalidURL):
+        return fail(f"invalid URL: {e}")
+    if isinstance(e, requests.exceptions.SSLError):
+        return fail(f"TLS error: {_reason(e)}")
+    if isinstance(e, requests.Timeout):
+        return fail(f"timed out after {source.timeout:g}s")
+    if isinstance(e, requests.ConnectionError):
+        return fail(f"cannot connect: {_reason(e)}")
+    if isinstance(e, requests.RequestException):
+        return fail(f"request failed: {_reason(e)}")
+    if isinstance(e, ValueError | UnicodeError):
+        # requests lets a malformed Location through ("http://[::1", raw non-UTF-8
+        # bytes); it fails while following it, outside its own exception tree.
+        return fail(f"invalid redirect: {_reason(e)}")
+    return None
 
 
 def retry_after(value: str | None, now: datetime) -> timedelta | None:

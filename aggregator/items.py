@@ -81,13 +81,16 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
                                                               entry.link)
     guid = entry.entry_id or entry.link or f"urn:aggregator:{digest(source.id, title, text)}"
     lang = source.lang or feed.language or site.language
+    # feeds.yaml's own terms too: a source with `categories: ["../../etc"]` stored it, and
+    # Hugo then refused to build the whole site ("missing taxonomy").
     return Item(
         title=title,
         date=date,
         summary=summary,
-        categories=merge_terms((), source.categories),
+        categories=merge_terms((), tuple(c for c in source.categories if hugo_safe_term(c))),
         lang=(_lang_tag(lang),),
-        tags=merge_terms(source.tags, tuple(c for c in entry.categories if hugo_safe_term(c))),
+        tags=merge_terms(tuple(t for t in source.tags if hugo_safe_term(t)),
+                         tuple(c for c in entry.categories if hugo_safe_term(c))),
         thumbnail=thumbnail,
         author=entry.author or None,
         link=entry.link,

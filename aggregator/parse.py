@@ -8,10 +8,11 @@ when the entry becomes Markdown, and resolve URLs there. JSON Feed is read here.
 from __future__ import annotations
 
 import calendar
+import codecs
 import json
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
 from html import escape
@@ -23,7 +24,7 @@ import feedparser
 
 from aggregator.content import absolute_url, first_image, plain_text
 from aggregator.errors import ParseError
-from aggregator.fastparse import parse_fast
+from aggregator.fastparse import MAX_FEED_INTERVAL, parse_fast
 from aggregator.model import Entry, ParsedFeed
 
 # Labels whose real-world content is a superset encoding (the WHATWG Encoding
@@ -51,17 +52,21 @@ def parse_feed(body: bytes, headers: Mapping[str, str], url: str, source_id: str
     if not stripped:
         raise ParseError("empty response, not a feed", source_id=source_id, url=url)
     content_type = headers.get("content-type", "").lower()
-    if stripped[:1] == b"{" or "json" in content_type:
+    # A document that starts with markup is XML whatever the server calls it: RSS served
+    # as application/json by a misconfigured server is still read as RSS.
+    if stripped[:1] == b"{" or ("json" in content_type and stripped[:1] != b"<"):
         return parse_json_feed(stripped, url, source_id)
     return _parse_xml(body, headers, url, source_id)
 
 
 def _parse_xml(body: bytes, headers: dict[str, str], url: str, source_id: str) -> ParsedFeed:
     body, headers = _normalize_encoding(body, headers)
+    body, replaced = _repair_utf8(body, headers)
+    repair = f"invalid UTF-8: {replaced} bad bytes replaced" if replaced else None
     if _document_decides_encoding(body, headers):
         fast = parse_fast(body, url)
         if fast is not None:
-            return fast
+            return replace(fast, warning=repair) if repair else fast
     headers.setdefault("content-location", url)
     headers.setdefault("content-type", "application/xml")  # local files: let the document decide
     try:
@@ -74,10 +79,11 @@ def _parse_xml(body: bytes, headers: dict[str, str], url: str, source_id: str) -
         raise ParseError(_not_a_feed(body, parsed, url), source_id=source_id, url=url)
     feed = parsed.feed
     base = feed.get("link") if absolute_url(feed.get("link"), None) else url
-    warning = None
+    warning = repair
     if parsed.bozo:
         warning = f"ill-formed feed, read anyway: {_bozo_text(parsed.bozo_exception)}"
-    entries = tuple(_xml_entry(e, base, url) for e in parsed.entries)
+    rss = (parsed.version or "").startswith("rss")
+    entries = tuple(_xml_entry(e, base, url, rss_titles=rss) for e in parsed.entries)
     return ParsedFeed(
         title=plain_text(feed.get("title", "")) or None,
         link=absolute_url(feed.get("link"), url),
@@ -111,6 +117,41 @@ def _normalize_encoding(body: bytes, headers: dict[str, str]) -> tuple[bytes, di
     headers["content-type"] = (media_type if media_type and not media_type.startswith("text/")
                                else "application/xml") + "; charset=utf-8"
     return utf8, headers
+
+
+def _repair_utf8(body: bytes, headers: Mapping[str, str]) -> tuple[bytes, int]:
+    """A UTF-8 document with a few invalid bytes: those bytes as U+FFFD, and how many.
+
+    feedparser decodes a document that is not valid in its declared UTF-8 as
+    Windows-1252 as a whole, which garbles every other non-ASCII character (all of a
+    Chinese feed) for one stray byte. When the document is mostly valid UTF-8 (eight
+    valid non-ASCII characters for each bad byte) only the bad bytes are lost; otherwise
+    the label is what is wrong, and feedparser's fallback is right.
+    """
+    if body.isascii() or body.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return body, 0
+    http = _CHARSET.search(headers.get("content-type", ""))
+    decl = _XML_DECL.match(body[:200])
+    for label in (http.group(1) if http else None, decl.group(2).decode() if decl else None):
+        try:
+            if label is not None and codecs.lookup(label).name != "utf-8":
+                return body, 0
+        except LookupError:
+            return body, 0
+    try:
+        body.decode("utf-8")
+        return body, 0
+    except UnicodeDecodeError:
+        pass
+    escaped = body.decode("utf-8", "surrogateescape")  # each invalid byte -> one surrogate
+    bad = len(_INVALID_BYTE.findall(escaped))
+    if len(_VALID_NON_ASCII.findall(escaped)) < 8 * bad:
+        return body, 0
+    return body.decode("utf-8", "replace").encode("utf-8"), bad
+
+
+_INVALID_BYTE = re.compile("[\udc80-\udcff]")
+_VALID_NON_ASCII = re.compile("[^\x00-\x7f\udc80-\udcff]")
 
 
 def _document_decides_encoding(body: bytes, headers: Mapping[str, str]) -> bool:
@@ -152,7 +193,7 @@ def _feed_min_interval(feed: Mapping[str, Any]) -> timedelta | None:
         frequency = int(freq) if freq.isdigit() and int(freq) > 0 else 1
         seconds.append(_UPDATE_PERIODS[period] / frequency)
     # A feed asking for more than a day is almost always a mistake; cap what we honour.
-    return timedelta(seconds=min(max(seconds), 86400)) if seconds else None
+    return timedelta(seconds=min(max(seconds), MAX_FEED_INTERVAL)) if seconds else None
 
 
 def _struct_to_datetime(value: Any) -> datetime | None:
@@ -164,7 +205,8 @@ def _struct_to_datetime(value: Any) -> datetime | None:
         return None
 
 
-def _xml_entry(e: Mapping[str, Any], feed_base: str, document_url: str = "") -> Entry:
+def _xml_entry(e: Mapping[str, Any], feed_base: str, document_url: str = "",
+               rss_titles: bool = False) -> Entry:
     link = absolute_url(e.get("link"), feed_base)
     contents = [c for c in e.get("content", []) if c.get("value")]
     html_contents = [c for c in contents if "html" in (c.get("type") or "")]
@@ -185,7 +227,11 @@ def _xml_entry(e: Mapping[str, Any], feed_base: str, document_url: str = "") -> 
         base = link or feed_base
     title = e.get("title", "") or ""
     title_type = (e.get("title_detail") or {}).get("type") or "text/plain"
-    title = plain_text(title) if "html" in title_type else " ".join(title.split())
+    # RSS titles are HTML on the fast path (fastparse._rss2_item); feedparser calls one
+    # with markup it does not know ('<script>...', '<blink>') text/plain. Read them alike,
+    # or a title of only markup would be stored as that markup when the feed has a DOCTYPE.
+    title = (plain_text(title) if "html" in title_type or rss_titles
+             else " ".join(title.split()))
     categories: list[str] = []
     for tag in e.get("tags", []) or []:
         term = (tag.get("term") or "").strip()

@@ -289,7 +289,11 @@ def store_stage(ws: Workspace, source: Source, fetched: Fetched) -> SourceReport
     try:
         applied = apply_feed(ws, source, prepared, now)
     except StoreError as e:
-        ws.index.save_source_state(source.id, _error_state(source, state, now, e))
+        # Our disk, not the source, failed (full, read-only): no backoff, and the HTTP
+        # state stays as it was, so the next poll fetches the feed again in full.
+        ws.index.save_source_state(source.id, replace(
+            state, url=source.url, last_poll=now_iso(now), last_status="error",
+            last_error=str(e)))
         return SourceReport(source.id, "error", error=str(e), seconds=elapsed)
     except Exception as e:  # noqa: BLE001 - as above: report, keep going
         log.exception("%s: internal error while storing", source.id)

@@ -1,0 +1,555 @@
+"""Hostile sources over the loopback feed_server (SPEC §6), end to end: `poll` then
+`publish` as real processes, then the store and the output are looked at as files.
+
+Already covered in test_fetch.py (not repeated here): a fast drip (20 bytes a second),
+bodies over max_bytes with and without Content-Length, gzip bombs, redirect loops, a
+redirect to file:, an HTML page (with the autodiscovered feed URL in the error), an
+empty 200. Here: one byte a second (with and without Content-Length), redirects to
+other schemes, a wrong Content-Type, invalid UTF-8, entity expansion and external
+entities (on lxml's fast path and on feedparser's), dates far off or missing, 10,000
+items, one 5 MB item, titles of whitespace or markup only, and tag names that attack
+paths polled from real feeds and published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import feedparser
+import pytest
+from lxml import etree
+
+from aggregator.fastparse import parse_fast
+from aggregator.items import hugo_safe_term
+from aggregator.parse import parse_feed
+from aggregator.store import is_safe_relative
+from tests.feed_server import FeedServer
+from tests.helpers import (
+    assert_clean_exit,
+    by_id,
+    news_item,
+    poll_json,
+    read_store,
+    rss_feed,
+    run_cli,
+    store_files,
+    write_config,
+)
+
+pytestmark = pytest.mark.timeout(120)
+
+RSS_HEAD = ('<?xml version="1.0" encoding="utf-8"?>\n{doctype}'
+            '<rss version="2.0"><channel><title>Hostile</title>'
+            "<link>https://example.org/</link><description>{channel}</description>\n")
+RSS_TAIL = "</channel></rss>\n"
+
+
+def rss_document(items: Iterable[str], *, doctype: str = "", channel: str = "test") -> bytes:
+    return (RSS_HEAD.format(doctype=doctype, channel=channel) + "".join(items)
+            + RSS_TAIL).encode("utf-8")
+
+
+def rss_item(n: int, *, title: str | None = None, description: str | None = None,
+             extra: str = "") -> str:
+    title = f"Item {n}" if title is None else title
+    description = f"&lt;p&gt;Body of item {n}.&lt;/p&gt;" if description is None else description
+    return (f"<item><title>{title}</title><link>https://example.org/h/{n}</link>"
+            f"<guid>h-{n}</guid><description>{description}</description>{extra}</item>\n")
+
+
+def publish(config: Path) -> Path:
+    """`aggregator publish`, exit 0, no traceback; the output directory."""
+    result = run_cli("publish", config=config)
+    assert_clean_exit(result, 0)
+    return config.parent / "public"
+
+
+def output_problems(output: Path) -> list[str]:
+    """What is wrong with a published directory: XML that lxml refuses or feedparser
+    complains about, JSON that does not load or is not a JSON Feed 1.1 document."""
+    problems = []
+    for path in sorted(output.rglob("*")):
+        rel = path.relative_to(output).as_posix()
+        if not path.is_file() or rel.startswith(".aggregator-tmp"):
+            continue
+        data = path.read_bytes()
+        if path.suffix == ".xml":
+            try:
+                etree.fromstring(data)
+            except etree.XMLSyntaxError as e:
+                problems.append(f"{rel}: lxml: {e}")
+                continue
+            parsed = feedparser.parse(data)
+            if parsed.bozo:
+                problems.append(f"{rel}: feedparser: {parsed.bozo_exception}")
+        elif path.suffix == ".json":
+            try:
+                doc = json.loads(data.decode("utf-8"))
+            except ValueError as e:
+                problems.append(f"{rel}: json: {e}")
+                continue
+            if doc.get("version") != "https://jsonfeed.org/version/1.1" or not isinstance(
+                    doc.get("items"), list):
+                problems.append(f"{rel}: not a JSON Feed 1.1 document")
+    return problems
+
+
+def feed_titles(output: Path, folder: str = "") -> dict[str, list[str]]:
+    """The item titles of one published feed, per format."""
+    base = output / folder
+    rss = [i.title for i in feedparser.parse((base / "index.xml").read_bytes()).entries]
+    atom = [e.title for e in feedparser.parse((base / "atom.xml").read_bytes()).entries]
+    doc = json.loads((base / "feed.json").read_text(encoding="utf-8"))
+    return {"rss": rss, "atom": atom, "json": [i["title"] for i in doc["items"]]}
+
+
+def files_holding(root: Path, marker: bytes) -> list[str]:
+    """Every file under root (derived data included) whose bytes contain marker."""
+    return sorted(str(p) for p in root.rglob("*") if p.is_file() and marker in p.read_bytes())
+
+
+# -- a drip of one byte a second -----------------------------------------------------------
+@pytest.mark.parametrize("framed", [True, False], ids=["content-length", "close-framed"])
+def test_one_byte_a_second_times_out_and_stores_nothing(feed_server: FeedServer,
+                                                        tmp_path: Path, framed: bool) -> None:
+    """The deadline bounds the whole fetch, and a body cut at it is an error, never a
+    short feed whose first items get stored."""
+    feed_server.route("/drip.xml", body=rss_feed([news_item(1), news_item(2)]), drip=1.0,
+                      content_length=framed)
+    feed_server.route("/good.xml", body=rss_feed([news_item(3)]))
+    config = write_config(tmp_path, [{"id": "drip", "url": feed_server.url("/drip.xml"),
+                                      "timeout": 2.5},  # the cut lands between two bytes
+                                     {"id": "good", "url": feed_server.url("/good.xml")}])
+    started = time.monotonic()
+    summary = poll_json(config, timeout=60)
+    assert time.monotonic() - started < 20
+    drip = by_id(summary)["drip"]
+    assert drip["status"] == "error" and "timed out" in drip["error"], drip
+    assert by_id(summary)["good"]["new"] == 1
+    assert not (tmp_path / "store" / "drip").exists()
+
+
+# -- redirects to other schemes --------------------------------------------------------------
+@pytest.mark.parametrize("location", [
+    "ftp://127.0.0.1/feed.xml", "gopher://127.0.0.1:70/1", "data:application/rss+xml,<rss/>",
+    "javascript:alert(1)", "FILE:///etc/passwd", "file://localhost/etc/hostname",
+])
+def test_redirect_to_a_non_http_scheme_is_refused(feed_server: FeedServer, tmp_path: Path,
+                                                   location: str) -> None:
+    feed_server.route("/away", status=301, location=location)
+    feed_server.route("/good.xml", body=rss_feed([news_item(1)]))
+    config = write_config(tmp_path, [{"id": "away", "url": feed_server.url("/away")},
+                                     {"id": "good", "url": feed_server.url("/good.xml")}])
+    summary = poll_json(config, timeout=60)
+    away = by_id(summary)["away"]
+    assert away["status"] == "error", away
+    assert "not http" in away["error"], away["error"]
+    assert by_id(summary)["good"]["new"] == 1
+    assert not (tmp_path / "store" / "away").exists()
+    # the 301 to it is not remembered as the feed's new home: the next poll asks again
+    poll_json(config, "away", force=True, timeout=60)
+    assert len(feed_server.requests_for("/away")) == 2
+
+
+# -- wrong Content-Type -------------------------------------------------------------------------
+JSON_FEED = json.dumps({
+    "version": "https://jsonfeed.org/version/1.1", "title": "JSON",
+    "items": [{"id": "j1", "url": "https://example.org/j/1", "title": "JSON item",
+               "content_text": "Text of the JSON item."}]}).encode()
+ATOM_FEED = b"""<?xml version="1.0" encoding="utf-8"?>
+<feed xmlns="http://www.w3.org/2005/Atom"><title>Atom</title><id>urn:x:atom</id>
+<updated>2025-02-01T08:00:00Z</updated>
+<entry><title>Atom item</title><id>urn:x:a1</id><link href="https://example.org/a/1"/>
+<updated>2025-02-01T08:00:00Z</updated><content type="html">&lt;p&gt;Atom body&lt;/p&gt;</content>
+</entry></feed>
+"""
+WRONG_TYPES = {
+    # served as: (body, Content-Type)
+    "rss-as-json": (rss_feed([news_item(1)]), "application/json"),
+    "rss-as-feed-json": (rss_feed([news_item(2)]), "application/feed+json; charset=utf-8"),
+    "rss-as-html": (rss_feed([news_item(3)]), "text/html; charset=utf-8"),
+    "rss-as-png": (rss_feed([news_item(4)]), "image/png"),
+    "atom-as-octet-stream": (ATOM_FEED, "application/octet-stream"),
+    "atom-as-text-plain-latin1": (ATOM_FEED.replace(b"/a/1", b"/a/2").replace(b":a1", b":a2"),
+                                  "text/plain; charset=iso-8859-1"),
+    "json-as-rss": (JSON_FEED, "application/rss+xml"),
+    "json-as-html": (b"\n  " + JSON_FEED.replace(b"j/1", b"j/2").replace(b'"j1"', b'"j2"'),
+                     "text/html"),
+    "no-content-type": (rss_feed([news_item(5)]), ""),
+}
+
+
+def test_a_feed_served_with_a_wrong_content_type_is_read(feed_server: FeedServer,
+                                                         tmp_path: Path) -> None:
+    sources = []
+    for name, (body, content_type) in WRONG_TYPES.items():
+        feed_server.route(f"/{name}", body=body, content_type=content_type)
+        sources.append({"id": name, "url": feed_server.url(f"/{name}")})
+    config = write_config(tmp_path, sources)
+    summary = poll_json(config)
+    for name in WRONG_TYPES:
+        report = by_id(summary)[name]
+        assert (report["status"], report["new"]) == ("ok", 1), (name, report)
+    assert summary["exit_code"] == 0
+    titles = sorted(i.title for i in read_store(tmp_path / "store").values())
+    assert "JSON item" in titles and "Atom item" in titles
+    assert output_problems(publish(config)) == []
+
+
+# -- invalid UTF-8 ----------------------------------------------------------------------------------
+def test_invalid_utf8_in_a_utf8_feed_loses_only_the_bad_bytes(feed_server: FeedServer,
+                                                              tmp_path: Path) -> None:
+    def damaged(prefix: str) -> bytes:
+        body = rss_feed([
+            news_item(1, title="三家医院接入大模型辅助诊断", content="<p>正文：模型在影像科试用。</p>"
+                      + "<p>医院的人工智能辅助诊断系统已经上线。</p>" * 10,
+                      guid=f"{prefix}-1", link=f"https://example.org/{prefix}/1"),
+            news_item(2, title="Second story — “quoted”", guid=f"{prefix}-2",
+                      link=f"https://example.org/{prefix}/2")])
+        # A stray byte, a truncated sequence, an overlong '/', an encoded surrogate.
+        body = body.replace("三家".encode(), "三家".encode() + b"\xff", 1)
+        body = body.replace("正文".encode(), "正文".encode()[:-1], 1)
+        return body.replace(b"Second story", b"Second \xc0\xaf\xed\xa0\x80story", 1)
+
+    feed_server.route("/bad-utf8.xml", body=damaged("header"))
+    feed_server.route("/bad-utf8-no-charset.xml", body=damaged("declared"),
+                      content_type="application/xml")
+    config = write_config(tmp_path, [
+        {"id": "header", "url": feed_server.url("/bad-utf8.xml")},
+        {"id": "declared", "url": feed_server.url("/bad-utf8-no-charset.xml")}])
+    summary = poll_json(config, expect=(0,))
+    assert [s["new"] for s in summary["sources"]] == [2, 2]
+    store = tmp_path / "store"
+    for path in store_files(store):
+        path.read_bytes().decode("utf-8")  # the store holds UTF-8 only
+    items = read_store(store)
+    titles = sorted(i.title for i in items.values())
+    # The valid characters around the bad bytes are kept, not decoded as Windows-1252.
+    assert sum("三家" in t and "大模型辅助诊断" in t for t in titles) == 2, titles
+    assert sum("Second" in t and "story — “quoted”" in t for t in titles) == 2, titles
+    assert all("å" not in t and "â€" not in t for t in titles), titles
+    bodies = [i.body for i in items.values()]
+    assert sum("模型在影像科试用" in b for b in bodies) == 2
+    output = publish(config)
+    assert output_problems(output) == []
+
+
+def test_a_feed_in_windows_1252_labelled_utf8_is_still_read_as_1252() -> None:
+    """Control for the repair above: no valid UTF-8 sequence at all means the label lies
+    about the whole document, and feedparser's fallback decodes it right."""
+    body = rss_feed([news_item(1, title="Caf\u00e9 \u2018menu\u2019")], encoding="cp1252")
+    body = body.replace(b'encoding="cp1252"', b'encoding="utf-8"')
+    parsed = parse_feed(body, {"Content-Type": "application/rss+xml"}, "http://h/", "s")
+    assert parsed.entries[0].title == "Caf\u00e9 \u2018menu\u2019"
+
+
+# -- entity expansion --------------------------------------------------------------------------------
+def _laughs(levels: int = 10) -> str:
+    entities = ['<!ENTITY lol0 "lol">'] + [
+        f'<!ENTITY lol{i} "{f"&lol{i - 1};" * 10}">' for i in range(1, levels)]
+    return f"<!DOCTYPE rss [{''.join(entities)}]>\n"
+
+
+def test_billion_laughs_is_not_expanded(feed_server: FeedServer, tmp_path: Path) -> None:
+    top = "&lol9;"  # 10**9 x "lol" once expanded
+    body = rss_document([rss_item(1, title=top, description=top), rss_item(2)],
+                        doctype=_laughs())
+    feed_server.route("/laughs.xml", body=body)
+    feed_server.route("/good.xml", body=rss_feed([news_item(1)]))
+    config = write_config(tmp_path, [{"id": "laughs", "url": feed_server.url("/laughs.xml")},
+                                     {"id": "good", "url": feed_server.url("/good.xml")}])
+    started = time.monotonic()
+    summary = poll_json(config, timeout=60)
+    assert time.monotonic() - started < 30
+    assert by_id(summary)["good"]["new"] == 1
+    assert by_id(summary)["laughs"]["status"] in ("ok", "error")
+    store = tmp_path / "store"
+    total = sum(p.stat().st_size for p in store.rglob("*") if p.is_file())
+    assert total < 2_000_000, f"{total} bytes in the store: entities were expanded"
+    for item in read_store(store).values():
+        assert "lollollollollol" not in item.title + item.body
+    assert output_problems(publish(config)) == []
+
+
+# -- external entities ----------------------------------------------------------------------------------
+# (doctype placement, where the entity is used). A DOCTYPE in the first 2 KB sends the
+# feed to feedparser; one behind a 5 KB comment reaches lxml's fast path, which reads the
+# feed when the entity sits only in elements it does not read, and hands it to feedparser
+# when the entity sits in a title or description.
+XXE_CASES = {
+    "feedparser": ("top", "text"),
+    "fast-path-unread-elements": ("late", "unread"),
+    "fast-path-then-feedparser": ("late", "text"),
+    "no-doctype": ("none", "text"),
+    "external-dtd": ("dtd", "text"),
+    "parameter-entity": ("parameter", "text"),
+    "atom-fast-path": ("late", "atom"),
+}
+
+
+def _xxe_feed(case: str, secret: Path) -> bytes:
+    placement, use = XXE_CASES[case]
+    uri = secret.as_uri()
+    comment = "<!-- " + "padding " * 640 + "-->\n"  # past the fast path's 4 KB look
+    doctype = {
+        "top": f'<!DOCTYPE rss [<!ENTITY xxe SYSTEM "{uri}">]>\n',
+        "late": comment + f'<!DOCTYPE rss [<!ENTITY xxe SYSTEM "{uri}">]>\n',
+        "none": "",
+        "dtd": f'<!DOCTYPE rss SYSTEM "{uri}">\n',
+        "parameter": f'<!DOCTYPE rss [<!ENTITY % ext SYSTEM "{uri}"> %ext;]>\n',
+    }[placement]
+    if use == "atom":
+        return ('<?xml version="1.0" encoding="utf-8"?>\n'
+                + doctype.replace("DOCTYPE rss", "DOCTYPE feed")
+                + '<feed xmlns="http://www.w3.org/2005/Atom"><title>XXE</title>'
+                '<id>urn:x:xxe</id><updated>2025-02-01T08:00:00Z</updated>'
+                '<entry><title>Atom entry</title><id>urn:x:xxe:1</id>'
+                '<link href="https://example.org/xxe/atom"/>'
+                "<updated>2025-02-01T08:00:00Z</updated><rights>&xxe;</rights>"
+                '<content type="html">&lt;p&gt;Atom body&lt;/p&gt;</content></entry>'
+                "</feed>\n").encode()
+    if use == "unread":
+        items = [rss_item(1, extra="<comments>&xxe;</comments>")]
+        return rss_document(items, doctype=doctype, channel="&xxe;")
+    # The secret file is also a DTD declaring &leak;: loading it would define that entity.
+    ref = "&xxe;" if placement in ("top", "late", "none") else "&leak;"
+    items = [rss_item(1, title=f"Leak {ref} here", description=f"before {ref} after"),
+             rss_item(2)]
+    return rss_document(items, doctype=doctype)
+
+
+@pytest.mark.parametrize("case", sorted(XXE_CASES))
+def test_external_entity_never_reaches_the_store_or_output(feed_server: FeedServer,
+                                                           tmp_path: Path, case: str) -> None:
+    marker = f"XXE-SECRET-{os.getpid()}-{case}-7f3a9c".encode()
+    secret = tmp_path / "secret.txt"
+    secret.write_bytes(b"<!ENTITY leak '" + marker + b"'>\n" + marker + b"\n")
+    body = _xxe_feed(case, secret)
+    if XXE_CASES[case][0] == "late":
+        # The fast path really sees this document: lxml reads it, or bails out to
+        # feedparser (None); either way without the file's content.
+        fast = parse_fast(body, "http://127.0.0.1/")
+        if XXE_CASES[case][1] in ("unread", "atom"):
+            assert fast is not None and len(fast.entries) == 1
+        if fast is not None:
+            assert marker.decode() not in repr(fast)
+    feed_server.route("/xxe.xml", body=body)
+    config = write_config(tmp_path, [{"id": "xxe", "url": feed_server.url("/xxe.xml")}])
+    summary = poll_json(config, timeout=60)
+    report = by_id(summary)["xxe"]
+    assert report["status"] in ("ok", "error"), report
+    assert marker.decode() not in json.dumps(summary)
+    if XXE_CASES[case][1] in ("unread", "atom") or case == "feedparser":
+        assert report["status"] == "ok" and report["new"] >= 1, report
+    output = publish(config)
+    assert output_problems(output) == []
+    for where in (tmp_path / "store", output):
+        assert files_holding(where, marker) == []
+    listing = run_cli("sources", "--json", config=config)
+    assert marker.decode() not in listing.stdout + listing.stderr
+
+
+# -- dates ------------------------------------------------------------------------------------------------
+DATES = {
+    "year-9999": "Fri, 31 Dec 9999 23:59:59 GMT",
+    "year-3000": "Wed, 01 Jan 3000 00:00:00 +1400",
+    "year-1": "Mon, 01 Jan 0001 00:00:00 GMT",
+    "year-1900": "Mon, 01 Jan 1900 00:00:00 -1200",
+    "before-epoch": "Wed, 31 Dec 1969 23:59:59 GMT",
+    "garbage": "the day after tomorrow",
+    "empty": "",
+    "missing": None,
+}
+FUTURE, PAST = {"year-9999", "year-3000"}, {"year-1", "year-1900", "before-epoch"}
+
+
+def test_dates_far_off_or_missing(feed_server: FeedServer, tmp_path: Path) -> None:
+    names = sorted(DATES)
+    rss = rss_feed([news_item(n, title=f"Dated {name}", pubDate=DATES[name])
+                    for n, name in enumerate(names)])
+    json_feed = json.dumps({"version": "https://jsonfeed.org/version/1.1", "items": [
+        {"id": f"j-{name}", "url": f"https://example.org/j/{name}", "title": f"JSON {name}",
+         "content_text": "x", "date_published": value}
+        for name, value in (("future", "9999-12-31T23:59:59-14:00"),
+                            ("past", "0001-01-01T00:00:00+14:00"),
+                            ("garbage", "soon"), ("number", 12345))]}).encode()
+    feed_server.route("/dates.xml", body=rss)
+    feed_server.route("/dates.json", body=json_feed, content_type="application/feed+json")
+    config = write_config(tmp_path, [{"id": "dates", "url": feed_server.url("/dates.xml")},
+                                     {"id": "jdates", "url": feed_server.url("/dates.json")}])
+    before = datetime.now(UTC).replace(microsecond=0) - timedelta(seconds=1)
+    summary = poll_json(config, expect=(0,))
+    after = datetime.now(UTC) + timedelta(seconds=1)
+    assert summary["new"] == len(DATES) + 4
+    floor = datetime(1970, 1, 1, tzinfo=UTC)
+    items = {i.title: i for i in read_store(tmp_path / "store").values()}
+    for name in names:
+        date = items[f"Dated {name}"].date
+        if name in PAST:
+            assert floor <= date <= floor + timedelta(days=2), (name, date)
+        else:  # in the future, unreadable or absent: dated when first seen
+            assert before <= date <= after, (name, date)
+    assert floor <= items["JSON past"].date <= floor + timedelta(days=2)
+    for name in ("future", "garbage", "number"):
+        assert before <= items[f"JSON {name}"].date <= after, name
+
+    # Items dated "now" are not re-dated (updated) by every later poll.
+    again = poll_json(config, force=True, expect=(0,))
+    assert (again["new"], again["updated"]) == (0, 0)
+    output = publish(config)
+    assert output_problems(output) == []
+    for entry in feedparser.parse((output / "index.xml").read_bytes()).entries:
+        assert entry.published_parsed is not None
+        assert 1970 <= entry.published_parsed.tm_year <= after.year
+
+
+# -- size ------------------------------------------------------------------------------------------
+@pytest.mark.timeout(180)
+def test_ten_thousand_items_in_one_feed(feed_server: FeedServer, tmp_path: Path) -> None:
+    items = [news_item(n, guid=f"big-{n}", link=f"https://example.org/big/{n}",
+                       description=None, content=f"<p>Body {n}.</p>") for n in range(10_000)]
+    feed_server.route("/big.xml", body=rss_feed(items), gzip=True, etag='"big-1"')
+    config = write_config(tmp_path, [{"id": "big", "url": feed_server.url("/big.xml"),
+                                      "max_bytes": "8MB"}])
+    summary = poll_json(config, expect=(0,))
+    assert summary["new"] == 10_000
+    files = store_files(tmp_path / "store")
+    assert len(files) == 10_000
+    assert all(is_safe_relative(p.relative_to(tmp_path / "store").as_posix()) for p in files)
+    again = poll_json(config, force=True, expect=(0,))
+    assert by_id(again)["big"]["status"] == "not_modified"
+    output = publish(config)
+    assert len(feed_titles(output)["json"]) == 50  # keep_items
+    assert output_problems(output) == []
+
+
+@pytest.mark.timeout(180)
+def test_a_5_mb_item(feed_server: FeedServer, tmp_path: Path) -> None:
+    paragraph = "<p>" + "A long sentence about <b>clinical</b> models and trials. " * 100 + "</p>"
+    content = paragraph * (5 * 1024 * 1024 // len(paragraph) + 1)
+    body = rss_feed([news_item(1, content=content), news_item(2)])
+    assert len(body) > 5 * 1024 * 1024
+    feed_server.route("/huge.xml", body=body)
+    config = write_config(tmp_path, [{"id": "huge", "url": feed_server.url("/huge.xml"),
+                                      "max_bytes": "12MB"}])
+    summary = poll_json(config, expect=(0,))
+    assert summary["new"] == 2
+    items = read_store(tmp_path / "store")
+    big = next(i for i in items.values() if i.guid == "story-1")
+    assert len(big.body) > 3 * 1024 * 1024
+    assert big.body.count("clinical") == content.count("clinical")
+    assert len(big.summary) <= 200
+    output = publish(config)
+    assert output_problems(output) == []
+    site = json.loads((output / "feed.json").read_text(encoding="utf-8"))
+    assert sorted(i["title"] for i in site["items"]) == sorted(i.title for i in items.values())
+    assert max(len(i["content_html"]) for i in site["items"]) > 3 * 1024 * 1024
+
+
+# -- empty and markup-only titles ----------------------------------------------------------------
+TITLES = {
+    "spaces": ("  \n\t  ", "The real first sentence of item {n}. More text follows."),
+    "nbsp": ("&amp;nbsp;&amp;#160; &amp;#x2003;", "Non-breaking spaces then item {n}. More."),
+    "escaped-markup": ("&lt;b&gt;&lt;/b&gt;&lt;img src=x onerror=alert(1)&gt;",
+                       "Escaped markup in item {n}. More."),
+    "cdata-script": ("<![CDATA[<script>alert(1)</script>]]>", "A script title in item {n}. More."),
+    "empty-element": ("", "An empty title element in item {n}. More."),
+    "markup-no-text": ("&lt;p&gt;&lt;br/&gt;&lt;/p&gt;", ""),  # and no text at all: the link
+}
+
+
+@pytest.mark.parametrize("doctype", ["", "<!DOCTYPE rss>\n"], ids=["fast-path", "feedparser"])
+def test_titles_of_only_whitespace_or_markup(feed_server: FeedServer, tmp_path: Path,
+                                             doctype: str) -> None:
+    names = sorted(TITLES)
+    items = [rss_item(n, title=TITLES[name][0],
+                      description=f"&lt;p&gt;{TITLES[name][1].format(n=n)}&lt;/p&gt;")
+             for n, name in enumerate(names)]
+    atom = ATOM_FEED.replace(b"<title>Atom item</title>", (
+        b'<title type="xhtml"><div xmlns="http://www.w3.org/1999/xhtml"><span> </span>'
+        b"</div></title>")).replace(b"Atom body", b"The Atom entry speaks. More.")
+    feed_server.route("/titles.xml", body=rss_document(items, doctype=doctype))
+    feed_server.route("/titles.atom", body=atom, content_type="application/atom+xml")
+    config = write_config(tmp_path, [{"id": "titles", "url": feed_server.url("/titles.xml")},
+                                     {"id": "atom", "url": feed_server.url("/titles.atom")}])
+    summary = poll_json(config, expect=(0,))
+    assert summary["new"] == len(TITLES) + 1
+    stored = {i.link: i.title for i in read_store(tmp_path / "store").values()}
+    for n, name in enumerate(names):
+        title = stored[f"https://example.org/h/{n}"]
+        expected = TITLES[name][1].format(n=n).split(". ")[0]
+        assert title.startswith(expected) if expected else title, (name, title)
+        assert title.strip() and "<" not in title and "alert" not in title, (name, title)
+    assert stored["https://example.org/a/1"] == "The Atom entry speaks."
+    output = publish(config)
+    assert output_problems(output) == []
+    for kind, titles in feed_titles(output).items():
+        assert len(titles) == len(TITLES) + 1, kind
+        assert all(t.strip() and "<" not in t for t in titles), (kind, titles)
+
+
+# -- tag and category names that attack paths -------------------------------------------------
+PATH_ATTACKS = ["..", "../../etc", "/", "//", "\\", "..\\..\\windows", "a/../../b", "./.",
+                "CON", "nul", "com1.txt", "x" * 1000, "\u202egnp.exe", "a\u200fb",
+                "/etc/passwd", "%2e%2e%2f", "~root", "-rf", ".hidden"]
+
+
+def test_path_attacking_terms_polled_and_published_stay_inside(feed_server: FeedServer,
+                                                               tmp_path: Path) -> None:
+    def xml_text(term: str) -> str:
+        return term.replace("&", "&amp;").replace("<", "&lt;")
+
+    rss_items = [rss_item(n, extra=f"<category>{xml_text(term)}</category>"
+                          f"<category>plain</category>")
+                 for n, term in enumerate(PATH_ATTACKS)]
+    json_items = [{"id": f"j{n}", "url": f"https://example.org/j/{n}", "title": f"JSON {n}",
+                   "content_text": "text", "tags": [term, "plain"]}
+                  for n, term in enumerate(["a\u0000b", "\u0000", "..\u0000/x", "\x01\x1f",
+                                            *PATH_ATTACKS[:4]])]
+    feed_server.route("/terms.xml", body=rss_document(rss_items))
+    feed_server.route("/terms.json", content_type="application/feed+json", body=json.dumps(
+        {"version": "https://jsonfeed.org/version/1.1", "items": json_items}).encode())
+    config = write_config(tmp_path, [
+        {"id": "terms", "url": feed_server.url("/terms.xml"),
+         "categories": ["../../etc", "CON"], "tags": ["..\\..\\win", "y" * 1000]},
+        {"id": "jterms", "url": feed_server.url("/terms.json"),
+         "categories": ["/", "\u202e"]}])
+    parent_before = sorted(p.name for p in tmp_path.parent.iterdir())
+    summary = poll_json(config, expect=(0,))
+    assert summary["new"] == len(rss_items) + len(json_items)
+
+    store = tmp_path / "store"
+    for path in store.rglob("*"):
+        rel = path.relative_to(store).as_posix()
+        if not rel.startswith(".aggregator"):
+            assert is_safe_relative(rel), rel
+    items = read_store(store)
+    assert len(items) == summary["new"]
+    for item in items.values():
+        for term in (*item.tags, *item.categories):
+            assert "\x00" not in term and term.strip() == term and term, (item.title, term)
+            assert hugo_safe_term(term), (item.title, term)  # Hugo builds the store too
+
+    output = publish(config)
+    root = os.path.realpath(output)
+    for path in output.rglob("*"):
+        rel = path.relative_to(output).as_posix()
+        assert not path.is_symlink(), rel
+        assert os.path.commonpath([root, os.path.realpath(path)]) == root, rel
+        for part in rel.split("/"):
+            assert part not in ("", ".", "..") and "\\" not in part and "\x00" not in part, rel
+            assert len(part.encode()) <= 255, rel
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["feeds.yaml", "public", "store"]
+    assert sorted(p.name for p in tmp_path.parent.iterdir()) == parent_before
+    assert output_problems(output) == []
+    # every item is published, under every safe term of its own
+    assert len(feed_titles(output)["json"]) == len(items)
+    tag_feeds = [p.parent for p in (output / "tags").rglob("feed.json")]
+    assert len(tag_feeds) >= len(PATH_ATTACKS) // 2
+    plain = json.loads((output / "tags" / "plain" / "feed.json").read_text(encoding="utf-8"))
+    assert len(plain["items"]) == len(items)
