@@ -661,6 +661,15 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
             ws.index.clear_publish_caches()
             ws.index.set_meta("publish_settings", settings)
         info = source_info_of(ws)
+        # Nothing changed since the last publish (no store file, no setting, every output
+        # file still there): nothing to read, group or compare.
+        fingerprint = _store_fingerprint(ws, info)
+        if only_if_changed and ws.index.meta("publish_fingerprint") == fingerprint:
+            done = json.loads(ws.index.meta("publish_summary") or "{}")
+            if done and _outputs_present(output, ws.index.output_signatures()):
+                result.feeds, result.items = done["feeds"], done["items"]
+                result.unchanged = done["files"]
+                return result
         entries, result.broken = load_entries(ws, info)
         result.items = len(entries)
         titles = {k: v[0] for k, v in info.items()}
@@ -720,11 +729,37 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
             else:
                 result.unchanged += 1
         ws.index.save_output_signatures(new_signatures, stale)
+        clean = not result.broken and not result.failed
+        ws.index.set_meta("publish_fingerprint", fingerprint if clean else "")
+        ws.index.set_meta("publish_summary", json.dumps({
+            "feeds": result.feeds, "items": result.items,
+            "files": len(new_signatures) * len(FEED_FILES) + 2}))
     if config.site.websub_hub and result.changed_urls:
         from aggregator.websub import ping_hub
 
         ping_hub(config.site.websub_hub, result.changed_urls)
     return result
+
+
+def _store_fingerprint(ws: Workspace, info: SourceInfo) -> str:
+    """Everything a publish reads: each store file's (path, mtime, size) and the settings."""
+    config = ws.config
+    h = hashlib.sha256(json.dumps(
+        [__version__, repr(config.site), config.defaults.keep_items,
+         config.defaults.interval.total_seconds(), sorted(info.items())],
+        ensure_ascii=False).encode())
+    for rel, st in sorted(ws.store.scan()):
+        h.update(f"{rel}\x00{st.st_mtime_ns}\x00{st.st_size}\n".encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
+
+
+def _outputs_present(output: Path, signatures: Mapping[str, str]) -> bool:
+    if not signatures:
+        return False
+    names = [*FEED_FILES, "index.html", "feeds.opml"]
+    return all((output / (key.strip("/")) / name).is_file()
+               for key in signatures for name in FEED_FILES) and all(
+        (output / name).is_file() for name in names)
 
 
 def _remove_feed(output: Path, key: str) -> int:
