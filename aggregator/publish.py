@@ -21,9 +21,9 @@ import multiprocessing
 import os
 import re
 import shutil
-from collections import defaultdict
+from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
@@ -192,9 +192,22 @@ def _pool_map(func: Any, batches: list[Any]) -> Iterator[Any]:
     if workers < 2:
         yield from map(func, batches)
         return
+    # Executor.map would submit every batch at once and hold every result the caller has
+    # not taken yet (the HTML and fragments of a whole store): keep a small window.
     with ProcessPoolExecutor(max_workers=workers,
                              mp_context=multiprocessing.get_context("forkserver")) as pool:
-        yield from pool.map(func, batches)
+        window: deque[Future[Any]] = deque()
+        todo = iter(batches)
+        for batch in todo:
+            window.append(pool.submit(func, batch))
+            if len(window) >= 2 * workers:
+                break
+        while window:
+            result = window.popleft().result()
+            nxt = next(todo, None)
+            if nxt is not None:
+                window.append(pool.submit(func, nxt))
+            yield result
 
 
 def load_entries(ws: Workspace, source_info: SourceInfo
