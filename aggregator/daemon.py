@@ -13,10 +13,12 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
 import signal
+import subprocess
 import sys
 import threading
 from datetime import UTC, datetime, timedelta
@@ -27,7 +29,7 @@ from apscheduler.jobstores.base import JobLookupError
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from aggregator.config import load_config
-from aggregator.errors import AggregatorError, ConfigError
+from aggregator.errors import ConfigError
 from aggregator.fetch import Fetcher
 from aggregator.lock import DaemonLock
 from aggregator.model import Config, Source
@@ -38,6 +40,7 @@ from aggregator.store import Store, sweep_temp_files
 log = logging.getLogger("aggregator.daemon")
 PUBLISH_DELAY = timedelta(seconds=3)  # publish at most this long after a change, once
 CONFIG_CHECK_SECONDS = 2.0
+PUBLISH_TIMEOUT = 3600.0  # a publish of a very large store, bounded all the same
 SHUTDOWN_GRACE = 8.0  # seconds to let in-flight writes finish (SIGTERM -> exit within 10 s)
 
 
@@ -175,20 +178,28 @@ class Daemon:
                                id="publish", replace_existing=True)
 
     def publish(self) -> None:
-        from aggregator.publish import publish
-
+        """Publish in a child process: a publish needs memory in proportion to the store,
+        and a months-long daemon should give it back each time, not keep its peak."""
         with self._publish_lock:
-            try:
-                result = publish(self.ws)
-            except AggregatorError as e:
+            if self.stop.is_set():
+                return
+            command = [sys.executable, "-m", "aggregator", "--config", str(self.config_path),
+                       "-q", "publish", "--json"]
+            try:  # the child takes the store's write lock like any other publish
+                done = subprocess.run(command, stdout=subprocess.PIPE, stderr=None,
+                                      timeout=PUBLISH_TIMEOUT, check=False, text=True)
+            except (OSError, subprocess.TimeoutExpired) as e:
                 log.error("publish failed: %s", e)
                 return
-            except Exception:
-                log.exception("publish failed")
-                return
-        for problem in result.broken:
-            log.warning("skipped broken store file %s", problem)
-        log.info("published %d feeds (%d files written)", result.feeds, result.written)
+        try:
+            result = json.loads(done.stdout or "{}")
+        except ValueError:
+            result = {}
+        if done.returncode not in (0, 1) or not result:
+            log.error("publish failed (exit %d)", done.returncode)
+            return
+        log.info("published %d feeds (%d files written)", result.get("feeds", 0),
+                 result.get("written", 0))
 
     def check_config(self) -> None:
         """Pick up feeds.yaml edits: sources added, removed or changed; no restart."""
