@@ -96,9 +96,7 @@ def _open(ctx: Context):  # noqa: ANN202
 
 # -- poll ---------------------------------------------------------------------------------
 def _report_line(r: SourceReport) -> str:
-    if r.status == "error":
-        return f"{r.status:<12} {r.id:<20} {r.error}"
-    if r.status == "skipped":
+    if r.status in ("error", "skipped"):  # the error field says why
         return f"{r.status:<12} {r.id:<20} {r.error}"
     return f"{r.status:<12} {r.id:<20} new {r.new:<4} updated {r.updated:<4} ({r.seconds:.1f}s)"
 

@@ -2,7 +2,7 @@
 
     start:   take store/.aggregator/daemon.lock (a second daemon exits 2), publish,
              optionally serve the output directory, schedule every source now
-    job:     poll_source(source) -> log one line -> publish soon if the store changed
+    job:     fetch_stage + store_stage (as poll_source) -> log one line -> publish soon if the store changed
              -> reschedule at schedule.next_poll_at() (interval with jitter, lengthened
              by the feed's ttl / max-age, Retry-After and error backoff)
     watch:   feeds.yaml every few seconds; a valid edit adds, removes and reschedules
