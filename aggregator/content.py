@@ -9,14 +9,14 @@ from __future__ import annotations
 
 import html
 import re
-import unicodedata
-from functools import lru_cache
-from typing import Any
-from urllib.parse import quote, urljoin, urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import cmarkgfm
 import nh3
-from markdownify import MarkdownConverter
+
+from aggregator import html2md
+from aggregator.html2md import escape_label as _escape_label
+from aggregator.html2md import markdown_url
 
 SAFE_SCHEMES = frozenset({"http", "https", "mailto"})
 # Tags whose content is never text a reader should see.
@@ -147,119 +147,11 @@ def first_image(fragment: str) -> str | None:
     return html.unescape(match.group(1)) if match else None
 
 
-# Text that CommonMark would read as markup: inline (code, links, strikethrough, table
-# cells) anywhere, block starts (quote, list, heading, setext line) after a space or a
-# line start, since a text node does not know where its line begins.
-_MD_INLINE = re.compile(r"[`\[\]~|]")
-_MD_BLOCK_START = re.compile(r"(^|\s)(>|[-+=]+(?=\s|$)|#{1,6}(?=\s|$)|\d{1,9}[.)](?=\s|$))")
-
-
-class _StoreMarkdown(MarkdownConverter):
-    """markdownify, made strict: text stays text, never raw HTML, an entity or markup."""
-
-    def escape(self, text: str, parent_tags: set[str] | None = None) -> str:
-        if not text:
-            return text
-        text = text.replace(_BR, "").replace("\\", "\\\\")  # first: escapes add backslashes
-        text = super().escape(text, parent_tags)  # * and _
-        text = _MD_INLINE.sub(lambda m: "\\" + m.group(0), text)
-        text = text.replace("<", "\\<")
-        text = _ENTITY_LIKE.sub("\\&", text)
-        return _MD_BLOCK_START.sub(_escape_block_start, text)
-
-    # markdownify writes URLs as they are: a space or ')' in one would break the link.
-    def convert_a(self, el: Any, text: str, parent_tags: set[str]) -> str:
-        if el.get("href") and "_noformat" not in parent_tags:
-            el["href"] = markdown_url(el["href"])
-        return super().convert_a(el, text, parent_tags)
-
-    def convert_b(self, el: Any, text: str, parent_tags: set[str]) -> str:
-        return _flanked(super().convert_b(el, text, parent_tags))
-
-    def convert_em(self, el: Any, text: str, parent_tags: set[str]) -> str:
-        return _flanked(super().convert_em(el, text, parent_tags))
-
-    def convert_del(self, el: Any, text: str, parent_tags: set[str]) -> str:
-        return _flanked(super().convert_del(el, text, parent_tags))
-
-    convert_strong = convert_b
-    convert_i = convert_em
-    convert_s = convert_del
-
-    def convert_code(self, el: Any, text: str, parent_tags: set[str]) -> str:
-        if "pre" not in parent_tags:  # inline: a newline would let '1. x' start a list
-            text = re.sub(r"\s*\n\s*", " ", text)
-        return super().convert_code(el, text, parent_tags)
-
-    def convert_br(self, el: Any, text: str, parent_tags: set[str]) -> str:
-        if "_inline" in parent_tags:  # headings, table cells: one line
-            return " "
-        return _BR + "\n"
-
-    def convert_img(self, el: Any, text: str, parent_tags: set[str]) -> str:
-        if not el.get("src"):  # its data:/javascript: URL was sanitized away: no '![x]()'
-            return ""
-        el["src"] = markdown_url(el["src"])
-        if el.get("alt"):
-            el["alt"] = _escape_label(el["alt"])
-        return super().convert_img(el, text, parent_tags)
-
-
-_EMPHASIS = re.compile(r"^(\s*)(\*\*|\*|~~)(.*)\2(\s*)$", re.DOTALL)
-
-
-def _flanked(markup: str) -> str:
-    """'**“大模型”**' -> '“**大模型**”'.
-
-    CommonMark (and Hugo's goldmark) only opens '**' before punctuation when a space or
-    punctuation precedes it, so '医院**“大模型”**上线' would show its asterisks. Chinese
-    text has no spaces: move the (non-ASCII, so never an escape) edge punctuation outside.
-    """
-    m = _EMPHASIS.match(markup)
-    if not m:
-        return markup
-    space_before, marker, inner, space_after = m.groups()
-    rest = inner.lstrip(_WIDE_PUNCTUATION)
-    core = rest.rstrip(_WIDE_PUNCTUATION)
-    if core == inner:
-        return markup
-    lead, trail = inner[:len(inner) - len(rest)], rest[len(core):]
-    wrapped = f"{marker}{core}{marker}" if core.strip() else core
-    return f"{space_before}{lead}{wrapped}{trail}{space_after}"
-
-
-_WIDE_PUNCTUATION = "".join(chr(c) for c in range(0x80, 0x10000)
-                            if unicodedata.category(chr(c)).startswith("P"))
-
-
-def _escape_block_start(m: re.Match[str]) -> str:
-    space, mark = m.group(1), m.group(2)
-    if mark[0].isdigit():  # "1." or "1)": escaping the punctuation keeps it text
-        return space + mark[:-1] + "\\" + mark[-1]
-    return space + "\\" + mark
-
-
-def _escape_label(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
-
-
-def markdown_url(url: str) -> str:
-    """A URL safe as a Markdown link destination: no spaces, parentheses or backslashes."""
-    target = quote(url.strip(), safe="/:?#[]@!$&'*+,;=%~-._")
-    return target.replace("(", "%28").replace(")", "%29")
-
-
-@lru_cache(maxsize=1)
-def _converter() -> _StoreMarkdown:
-    return _StoreMarkdown(heading_style="atx", bullets="-", escape_misc=False,
-                          newline_style="backslash", strip_document="strip")
-
-
 def html_to_markdown(fragment: str) -> str:
     """Sanitized HTML -> Markdown that Hugo renders without loss (no raw HTML)."""
     if not fragment or not fragment.strip():
         return ""
-    markdown = _converter().convert(fragment)
+    markdown = html2md.convert(fragment)
     markdown = "\n".join(_place_breaks(markdown.split("\n")))
     return _BLANK_LINES.sub("\n\n", markdown).strip()
 
@@ -267,18 +159,23 @@ def html_to_markdown(fragment: str) -> str:
 # A <br> is written as a marker first and placed afterwards: only a break with more of its
 # block on the next line may become Markdown's trailing backslash. At the end of a block
 # ('text<br></p>', common in feeds) that backslash would show as a literal '\\'. The marker
-# is a control character str.strip() treats as space, so markdownify drops it at the edges
-# of inline elements ('<b>x<br></b>' -> '**x**', not '**x\\**'); escape() removes it from text.
-_BR = "\x1f"
+# is a control character str.strip() treats as space, so the converter drops it at the edges
+# of inline elements ('<b>x<br></b>' -> '**x**', not '**x\\**') and removes it from text.
+_BR = html2md.BR
+_FENCE = re.compile(r"[ \t]*(`{3,})")
 _NEW_BLOCK = re.compile(r"[ \t]*(?:$|[-+*>|#]|\d{1,9}[.)]|```)")
 
 
 def _place_breaks(lines: list[str]) -> list[str]:
     out = []
-    fenced = False  # in a code block a break is just its newline
+    fence = ""  # in a code block a break is just its newline
     for i, line in enumerate(lines):
-        if line.lstrip().startswith("```"):
-            fenced = not fenced
+        opening = _FENCE.match(line)
+        if opening and not fence:
+            fence = opening.group(1)
+        elif opening and opening.group(1).startswith(fence) and not line.strip("` \t"):
+            fence = ""  # closed by a bare fence at least as long as the opening one
+        fenced = bool(fence) or opening is not None
         line = line.rstrip()  # a marker at the end too
         if not fenced and lines[i].rstrip(" \t").endswith(_BR):
             following = lines[i + 1].replace(_BR, "") if i + 1 < len(lines) else ""
