@@ -21,7 +21,6 @@ from collections.abc import Callable
 from typing import Any
 from urllib.parse import quote
 
-import lxml.html
 import nh3
 from lxml import etree
 
@@ -42,6 +41,7 @@ _CODE_TAGS = frozenset({"code", "kbd", "samp", "tt"})
 _NEWLINE_WHITESPACE = re.compile(r"[\t \r\n]*[\r\n][\t \r\n]*")
 _WHITESPACE = re.compile(r"[\t ]+")
 _ALL_WHITESPACE = re.compile(r"[\t \r\n]+")
+_ODD_WHITESPACE = re.compile(r"[\t\r\n]|  ")  # text without it needs no normalizing
 _EDGE_NEWLINES = re.compile(r"^(\n*)((?:.*[^\n])?)(\n*)$", re.DOTALL)
 _LINE_WITH_CONTENT = re.compile(r"^(.*)", re.MULTILINE)
 _PRE_LEADING = re.compile(r"^[ \n]*\n")
@@ -377,7 +377,7 @@ def _children(el: Any) -> list[Any]:
 
 
 def _convert_text(text: str, flags: int, strip_left: bool, strip_right: bool) -> str:
-    if not flags & _PRE:
+    if not flags & _PRE and _ODD_WHITESPACE.search(text):
         text = _WHITESPACE.sub(" ", _NEWLINE_WHITESPACE.sub("\n", text))
     if not flags & _NOFORMAT:
         text = escape_text(text.replace(BR, ""))
@@ -426,6 +426,9 @@ def _convert(el: Any, tag: str, flags: int, depth: int = 0) -> str:
     else:  # where two blocks meet, their newlines overlap (at most one blank line)
         pieces = [""]
         for part in parts:
+            if part[0] != "\n" and part[-1] != "\n":  # most parts: inline text
+                pieces += ("", part, "")
+                continue
             leading, content, trailing = _EDGE_NEWLINES.match(part).groups()  # type: ignore[union-attr]
             if pieces[-1] and leading:
                 previous = pieces.pop()
@@ -437,16 +440,23 @@ def _convert(el: Any, tag: str, flags: int, depth: int = 0) -> str:
     return convert(el, text, flags) if convert else text
 
 
-_PARSER = lxml.html.HTMLParser(remove_comments=True, remove_pis=True, default_doctype=False)
+# Plain lxml elements (not lxml.html's, whose class lookup costs a call per node).
+_PARSER = etree.HTMLParser(remove_comments=True, remove_pis=True, default_doctype=False)
 MAX_DEPTH = 200
+_DOCUMENT_END = re.compile(r"</(?:body|html)\b[^>]*>", re.IGNORECASE)
 
 
 def convert(fragment: str) -> str:
     """HTML fragment -> Markdown with BR markers (content.html_to_markdown places them)."""
+    # A stray </body> or </html> would end the wrapper early and lose what follows it.
+    fragment = _DOCUMENT_END.sub("", fragment)
     try:
-        root = lxml.html.fragment_fromstring(fragment, create_parent="div", parser=_PARSER)
-        return _convert(root, "[document]", 0).strip("\n")
-    except (etree.ParserError, ValueError):  # nothing parseable: no text to keep
+        document = etree.fromstring(f"<html><body>{fragment}</body></html>", _PARSER)
+        body = document.find("body") if document is not None else None
+        if body is None:  # nothing parseable: no text to keep
+            return ""
+        return _convert(body, "[document]", 0).strip("\n")
+    except (etree.ParserError, ValueError):
         return ""
     except _TooDeep:
         # Nested past any real page (hostile or broken; libxml2 even drops what lies

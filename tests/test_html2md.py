@@ -182,3 +182,13 @@ def test_html_nested_past_any_real_page_keeps_its_text(fragment: str) -> None:
                                       "<?php x ?>", "<img>"])
 def test_fragments_without_text(fragment: str) -> None:
     assert html_to_markdown(fragment) in ("", "---")
+
+
+@pytest.mark.parametrize(("fragment", "markdown"), [
+    ("a</body>b", "ab"),
+    ("a</HTML >b", "ab"),
+    ("<p>a</p></body></html><p>b</p>", "a\n\nb"),
+    ("</div>after", "after"),
+])
+def test_stray_document_end_tags_keep_what_follows(fragment: str, markdown: str) -> None:
+    assert html_to_markdown(fragment) == markdown

@@ -384,6 +384,35 @@ def test_crash_between_rename_and_index_commit_leaves_no_duplicate(
     assert (third["new"], third["updated"]) == (0, 0)
 
 
+def test_a_journal_cut_short_by_the_kill_is_replayed_up_to_the_cut(
+        feed_server: FeedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    feed_server.route("/f.xml", body=rss_feed([news_item(n) for n in range(1, 4)]))
+    config = write_config(tmp_path, [{"id": "f", "url": feed_server.url("/f.xml")}])
+    original = Store.write
+    writes: list[str] = []
+
+    def write_then_die(self: Store, relative: str, data: bytes) -> None:
+        original(self, relative, data)
+        writes.append(relative)
+        if len(writes) == 2:
+            raise Killed
+
+    monkeypatch.setattr(Store, "write", write_then_die)
+    with pytest.raises(Killed):
+        poll_in_process(config)
+    monkeypatch.setattr(Store, "write", original)
+    [journal] = (tmp_path / "store" / ".aggregator" / "pending").iterdir()
+    assert len(journal.read_text(encoding="utf-8").splitlines()) == 2  # one line per write
+    with journal.open("a", encoding="utf-8") as f:
+        f.write('{"path": "2025/01/cut-sh')  # the kill landed inside a write
+
+    summary = poll_json(config, expect=(0,))
+    assert (summary["errors"], summary["new"]) == (0, 1)  # the two journaled are known
+    links = links_of(tmp_path / "store")
+    assert len(links) == 3 == len(set(links))
+    assert list((tmp_path / "store" / ".aggregator" / "pending").iterdir()) == []
+
+
 def test_crash_during_an_update_does_not_freeze_the_item(
         feed_server: FeedServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     feed_server.route("/f.xml", body=rss_feed([news_item(1)]))
@@ -640,3 +669,48 @@ def test_check_of_a_sound_store_exits_0(sample_site: Path) -> None:
     result = run_cli("check", config=sample_site)
     assert_clean_exit(result, 0)
     assert "0 broken" in result.stderr
+
+
+# -- this process parses while the worker is busy ---------------------------------------------
+def _block(seconds: float) -> str:
+    time.sleep(seconds)
+    return "slept"
+
+
+def test_a_feed_no_worker_has_started_is_parsed_here_with_the_same_result(
+        tmp_path: Path) -> None:
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    from aggregator.model import FetchResult
+    from aggregator.pipeline import Fetched, _collect, _steal, prepare_in_worker
+
+    config = write_config(tmp_path, [{"id": "f", "url": "http://127.0.0.1:9/f.xml"}])
+    cfg = load_config(config)
+    source = cfg.sources[0]
+    body = rss_feed([news_item(1), news_item(2, title="医院接入大模型")])
+    now = datetime(2025, 1, 6, tzinfo=UTC)
+    job = (body, {"content-type": "application/rss+xml"}, source.url, source, cfg.site,
+           dict(cfg.front_matter), now, frozenset())
+    result = FetchResult(status="ok", url=source.url, body=body)
+    with ProcessPoolExecutor(max_workers=1,
+                             mp_context=multiprocessing.get_context("forkserver")) as pool:
+        busy = pool.submit(_block, 3.0)  # the one worker is busy...
+        time.sleep(0.5)
+        queued = [pool.submit(prepare_in_worker, *job) for _ in range(3)]  # ...these wait
+        done: Future[Fetched] = Future()
+        done.set_result(Fetched(now, 0.0, None, result=result,  # type: ignore[arg-type]
+                                preparing=queued[-1], job=job))
+        pending = deque([(source, done)])
+        stolen: dict[int, Any] = {}
+        assert _steal(pending, stolen)
+        assert queued[-1].cancelled()
+        assert not _steal(pending, stolen)  # nothing else to take
+        here = _collect(source, done.result(), stolen).prepared
+        assert stolen == {}
+        there = queued[0].result(timeout=60)  # the same job, parsed by the worker
+        assert busy.result(timeout=60) == "slept"
+    assert here is not None and here == there
+    assert [item.title for item, _keys, _dated in here.items] == ["Story number 1 about clinical models",
+                                                              "医院接入大模型"]
