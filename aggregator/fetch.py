@@ -9,10 +9,12 @@ The answer is a FetchResult; 304 is a result, not an error.
 
 from __future__ import annotations
 
+import os
 import re
 import socket
 import threading
 import time
+import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
@@ -81,6 +83,8 @@ class _Watchdog:
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
         self.fired = False
+        self._done = False
+        self._lock = threading.Lock()
         self._connections: list[object] = []
         self._timer = threading.Timer(seconds, self._fire)
         self._timer.daemon = True
@@ -92,10 +96,18 @@ class _Watchdog:
 
     def __exit__(self, *exc: object) -> None:
         self._timer.cancel()
+        with self._lock:  # a connection back in the pool may now serve another fetch
+            self._done = True
         _fetch_local.connections = None
 
     def _fire(self) -> None:
-        self.fired = True
+        with self._lock:
+            if self._done:
+                return
+            self.fired = True
+            self._shut_down()
+
+    def _shut_down(self) -> None:
         for conn in list(self._connections):
             sock = getattr(conn, "sock", None)
             if sock is not None:
@@ -103,6 +115,19 @@ class _Watchdog:
                     sock.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+def _environment_matters() -> bool:
+    """Whether requests' trust_env would change anything: proxy variables or a ~/.netrc."""
+    if any(value for name, value in urllib.request.getproxies_environment().items()):
+        return True
+    netrc = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
+    return os.path.exists(netrc) or os.path.exists(os.path.expanduser("~/_netrc"))
+
+
+def _ca_bundle() -> str | None:
+    """The CA bundle requests takes from the environment when it trusts it."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
 
 
 class Fetcher:
@@ -133,6 +158,11 @@ class Fetcher:
                                       max_retries=0)
             session.mount("http://", adapter)
             session.mount("https://", adapter)
+            if not _environment_matters():
+                # requests reads the proxy variables of the whole environment on every
+                # request (0.4 ms, a third of a 304's cost); with none set, skip that.
+                session.trust_env = False
+                session.verify = _ca_bundle() or True
             self._local.session = session
         return session
 
@@ -186,6 +216,9 @@ class Fetcher:
         permanent = _permanent_target(response, url)
         lower = {k.lower(): v for k, v in response.headers.items()}
         if status == 304:
+            # No body: read it (nothing), so closing the response gives the connection back
+            # to the pool instead of closing it (a new connection per 304 otherwise).
+            _ = response.content
             return FetchResult(status="not_modified", url=final_url, headers=lower,
                                http_status=304, etag=lower.get("etag"),
                                last_modified=lower.get("last-modified"),
@@ -231,6 +264,7 @@ class Fetcher:
             if "timed out" in str(e).lower():
                 raise fail(f"timed out after {source.timeout:g}s") from e
             raise fail(f"bad response body: {_reason(e)}") from e
+        response.raw.release_conn()  # read to its end: the connection can be used again
         return FetchResult(
             status="ok", url=final_url, body=b"".join(chunks), headers=lower, http_status=status,
             etag=lower.get("etag"), last_modified=lower.get("last-modified"),

@@ -132,10 +132,14 @@ def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fet
         processes = ProcessPoolExecutor(max_workers=max(1, min(cores - 1, 3)),
                                         mp_context=multiprocessing.get_context("forkserver"))
     reports: list[SourceReport] = []
+    # One query, not one per source from the fetch threads (which then queue for the
+    # index behind this thread's commits).
+    states = ws.index.all_source_states()
     stolen: dict[int, Prepared | str] = {}  # id(future) -> what this process made of it
     try:
-        with ThreadPoolExecutor(max_workers=max(1, min(workers, len(sources))),
-                                thread_name_prefix="poll") as threads:
+        with ws.index.deferred_states(), ThreadPoolExecutor(
+                max_workers=max(1, min(workers, len(sources))),
+                thread_name_prefix="poll") as threads:
             pending: deque[tuple[Source, Future[Fetched]]] = deque()
             upcoming = iter(sources)
 
@@ -145,7 +149,8 @@ def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fet
                     if source is None:
                         return
                     pending.append((source, threads.submit(
-                        fetch_stage, ws, source, clock, fetcher, force, processes)))
+                        fetch_stage, ws, source, clock, fetcher, force, processes,
+                        states.get(source.id, SourceState()))))
 
             fill()
             while pending:
@@ -237,11 +242,13 @@ class Fetched:
 
 
 def fetch_stage(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher,
-                force: bool = False, processes: ProcessPoolExecutor | None = None) -> Fetched:
+                force: bool = False, processes: ProcessPoolExecutor | None = None,
+                state: SourceState | None = None) -> Fetched:
     """Fetch (and parse, here or in ``processes``) one source; never raises for it."""
     started = time.monotonic()
     now = clock()
-    state = ws.index.source_state(source.id)
+    if state is None:
+        state = ws.index.source_state(source.id)
     if state.url not in (None, source.url):
         # feeds.yaml points the source elsewhere: forget the old URL's HTTP state.
         state = SourceState(url=source.url, title=state.title)

@@ -494,3 +494,59 @@ def test_shipped_config_validates_with_mainroad_theme_keys() -> None:
         assert source.url.startswith("file:///"), source.url
         assert Path(source.url.removeprefix("file://")).is_file(), source.url
         assert source.categories and source.enabled
+
+
+# -- the libyaml fast path reads what ruamel reads -------------------------------------------
+FAST_PATH_CASES = [
+    (Path(__file__).parent.parent / "feeds.yaml").read_text(encoding="utf-8"),
+    """
+    site: {title: "智能医疗", description: d, base_url: "https://e.example/news/",
+           language: zh-CN, timezone: Asia/Shanghai}
+    defaults: {interval: 1h, timeout: 7.5, max_bytes: 1_000_000, keep_items: 017}
+    front_matter: {draft_note: "yes", flag: no, empty: ~}
+    sources:
+      - &base {id: a, url: "https://e.example/a.xml", categories: [医疗, AI], lang: yes}
+      - id: b
+        url: https://e.example/b.xml   # a comment
+        tags: ["C#", .NET, "A/B testing", 1:30]
+        title: 'It''s "quoted"'
+        include: ['\\bAI\\b', 大模型]
+        enabled: FALSE
+        timeout: 1e1
+        interval: 90s
+    """,
+]
+
+
+@pytest.mark.parametrize("text", FAST_PATH_CASES, ids=["repo-feeds.yaml", "tricky"])
+def test_the_fast_path_reads_a_config_as_ruamel_does(tmp_path: Path, text: str) -> None:
+    from aggregator.config import _fast_yaml, parse_yaml, validate
+
+    text = textwrap.dedent(text)
+    path = write(tmp_path, text)
+    fast = _fast_yaml(text)
+    assert fast is not None  # taken, not handed to ruamel
+    try:
+        expected = validate(parse_yaml(text, path), path)
+    except ConfigError as e:
+        with pytest.raises(ConfigError) as fast_error:
+            validate(fast, path)
+        assert str(fast_error.value) == str(e)
+        return
+    assert validate(fast, path) == expected
+
+
+@pytest.mark.parametrize("text", [
+    "site: !!str x\n",  # a tag
+    "a: &x {b: 1}\nc:\n  <<: *x\n",  # a merge key
+    "sources:\n  - id: a\n    id: b\n",  # a duplicate key
+    "site:\n  title: 2024-01-05\n",  # a date
+    "defaults:\n  timeout: .inf\n",
+    "defaults:\n  max_bytes: 0x10\n",
+    "front_matter:\n  weight: 5\n",  # extras other than text keep ruamel's types
+    "site: [unclosed\n",  # an error: ruamel's message and line
+])
+def test_the_fast_path_hands_anything_unusual_to_ruamel(text: str) -> None:
+    from aggregator.config import _fast_yaml
+
+    assert _fast_yaml(text) is None
