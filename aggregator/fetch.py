@@ -9,6 +9,8 @@ The answer is a FetchResult; 304 is a result, not an error.
 
 from __future__ import annotations
 
+import heapq
+import itertools
 import os
 import re
 import socket
@@ -77,30 +79,60 @@ class _WatchedAdapter(HTTPAdapter):
                                                    "https": _WatchedHTTPSPool}
 
 
+class _Deadlines:
+    """One thread that fires every watchdog whose time is up (a timer thread per fetch
+    cost a thread start, and a wait for it, on every request)."""
+
+    def __init__(self) -> None:
+        self._heap: list[tuple[float, int, _Watchdog]] = []
+        self._wake = threading.Condition()
+        self._count = itertools.count()
+        self._thread: threading.Thread | None = None
+
+    def add(self, watchdog: _Watchdog) -> None:
+        with self._wake:
+            heapq.heappush(self._heap, (watchdog.deadline, next(self._count), watchdog))
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="fetch-deadlines",
+                                                daemon=True)
+                self._thread.start()
+            elif self._heap[0][2] is watchdog:
+                self._wake.notify()  # earlier than what the thread sleeps towards
+
+    def _run(self) -> None:
+        while True:
+            with self._wake:
+                while not self._heap or self._heap[0][0] > time.monotonic():
+                    self._wake.wait(self._heap[0][0] - time.monotonic() if self._heap else None)
+                _deadline, _n, watchdog = heapq.heappop(self._heap)
+            watchdog.fire()
+
+
+_deadlines = _Deadlines()
+
+
 class _Watchdog:
     """Shuts down the fetch's sockets after ``seconds``; ``fired`` says it did."""
 
     def __init__(self, seconds: float) -> None:
         self.seconds = seconds
+        self.deadline = time.monotonic() + seconds
         self.fired = False
         self._done = False
         self._lock = threading.Lock()
         self._connections: list[object] = []
-        self._timer = threading.Timer(seconds, self._fire)
-        self._timer.daemon = True
 
     def __enter__(self) -> _Watchdog:
         _fetch_local.connections = self._connections
-        self._timer.start()
+        _deadlines.add(self)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._timer.cancel()
         with self._lock:  # a connection back in the pool may now serve another fetch
             self._done = True
         _fetch_local.connections = None
 
-    def _fire(self) -> None:
+    def fire(self) -> None:
         with self._lock:
             if self._done:
                 return

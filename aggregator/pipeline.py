@@ -18,6 +18,7 @@ import json
 import logging
 import multiprocessing
 import os
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
@@ -129,8 +130,7 @@ def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fet
     if len(sources) >= PARSE_IN_PROCESSES_MIN and cores > 1:
         # One core stays with this process, which stores while the workers parse: on a
         # two-core server that is one worker, and the poll's memory stays near 100 MB.
-        processes = ProcessPoolExecutor(max_workers=max(1, min(cores - 1, 3)),
-                                        mp_context=multiprocessing.get_context("forkserver"))
+        processes = _LazyPool(max(1, min(cores - 1, 3)))
     reports: list[SourceReport] = []
     # One query, not one per source from the fetch threads (which then queue for the
     # index behind this thread's commits).
@@ -172,8 +172,30 @@ def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fet
                 fill()
     finally:
         if processes is not None:
-            processes.shutdown(cancel_futures=True)
+            processes.shutdown()
     return reports
+
+
+class _LazyPool:
+    """The worker processes, started when the first feed needs parsing: a poll where
+    every feed answers 304 starts none."""
+
+    def __init__(self, workers: int) -> None:
+        self.workers = workers
+        self._pool: ProcessPoolExecutor | None = None
+        self._lock = threading.Lock()
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        with self._lock:
+            if self._pool is None:
+                self._pool = ProcessPoolExecutor(
+                    max_workers=self.workers, mp_context=multiprocessing.get_context("forkserver"))
+            return self._pool.submit(fn, *args)
+
+    def shutdown(self) -> None:
+        with self._lock:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
 
 
 STEAL_POLL = 0.01  # seconds between looks for a feed to parse here while a worker parses
@@ -242,7 +264,7 @@ class Fetched:
 
 
 def fetch_stage(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher,
-                force: bool = False, processes: ProcessPoolExecutor | None = None,
+                force: bool = False, processes: _LazyPool | None = None,
                 state: SourceState | None = None) -> Fetched:
     """Fetch (and parse, here or in ``processes``) one source; never raises for it."""
     started = time.monotonic()
