@@ -17,6 +17,7 @@ from aggregator.content import (
     markdown_url,
     plain_text,
     sanitize_html,
+    sanitized_text,
     scrub_surrogates,
     shorten,
     title_from_text,
@@ -53,7 +54,7 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
     tz = ZoneInfo(site.timezone)
     entry = _scrubbed(entry)
     clean_html = sanitize_html(entry.content_html, entry.base_url or entry.link)
-    text = plain_text(clean_html)
+    text = sanitized_text(clean_html)
     title = entry.title.strip() or title_from_text(text)
     if not title:
         title = plain_text(entry.summary_html)[:80] or ""

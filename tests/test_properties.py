@@ -24,7 +24,13 @@ from aggregator.config import (
     parse_yaml,
     validate,
 )
-from aggregator.content import html_to_markdown, markdown_to_html, plain_text, sanitize_html
+from aggregator.content import (
+    html_to_markdown,
+    markdown_to_html,
+    plain_text,
+    sanitize_html,
+    sanitized_text,
+)
 from aggregator.content import shorten as shorten_text
 from aggregator.dedupe import TRACKING_PARAMS, normalize_link
 from aggregator.errors import ConfigError
@@ -283,6 +289,17 @@ def test_markdown_keeps_the_text_and_holds_no_raw_html(fragment: str) -> None:
     assert _RAW_ON.render(markdown) == _RAW_OFF.render(markdown)
     rendered = markdown_to_html(markdown)
     assert plain_text(rendered).replace(" ", "") == plain_text(clean).replace(" ", "")
+
+
+@SETTINGS
+@given(st.one_of(st.lists(BLOCK, min_size=1, max_size=3).map("".join), TEXT,
+                 st.lists(st.sampled_from(['<img alt="a>b" src="https://e.example/x.png">',
+                                           "<p title='\"q\"'>x</p>", "&lt;b&gt;", "<!-- c -->",
+                                           "<script>s</script>", "a<br>b", "</p>", "t"]),
+                          max_size=6).map("".join)))
+def test_the_text_of_sanitized_html_is_what_nh3_sees(fragment: str) -> None:
+    clean = sanitize_html(fragment)
+    assert sanitized_text(clean) == plain_text(clean)
 
 
 @SETTINGS
