@@ -92,7 +92,22 @@ def sanitize_html(fragment: str, base_url: str | None = None) -> str:
     if not fragment:
         return ""
     fragment = scrub_surrogates(fragment)
-    return _cleaner(base_url if is_web_url(base_url) else None).clean(fragment)
+    # Without a relative URL the base changes nothing: the shared cleaner does the same
+    # (each item has its own base, its link, and building a cleaner costs twice a clean).
+    if not base_url or not _has_relative_url(fragment) or not is_web_url(base_url):
+        return _cleaner(None).clean(fragment)
+    return _cleaner(base_url).clean(fragment)
+
+
+_URL_ATTRIBUTE = re.compile(r"href|src|cite", re.IGNORECASE)
+_ABSOLUTE_VALUE = re.compile(r"""\s*=\s*["']?[a-zA-Z][a-zA-Z0-9+.-]*:""")
+
+
+def _has_relative_url(fragment: str) -> bool:
+    """False only when every href/src/cite (or any text spelling them) is followed by an
+    absolute URL; anything unclear (an entity, text) counts as relative."""
+    return any(not _ABSOLUTE_VALUE.match(fragment, m.end())
+               for m in _URL_ATTRIBUTE.finditer(fragment))
 
 
 @lru_cache(maxsize=256)
