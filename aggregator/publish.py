@@ -26,6 +26,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, urlsplit
@@ -77,7 +78,7 @@ class Entry:
     item: Item
     digest: str  # hash of the file's bytes: a changed file changes every feed holding it
 
-    @property
+    @cached_property  # sorted by often: every feed an entry is in
     def sort_key(self) -> tuple[float, str]:
         return (-self.item.date.timestamp(), self.path)
 
@@ -210,7 +211,8 @@ def _pool_map(func: Any, batches: list[Any]) -> Iterator[Any]:
             yield result
 
 
-def load_entries(ws: Workspace, source_info: SourceInfo
+def load_entries(ws: Workspace, source_info: SourceInfo,
+                 scanned: list[tuple[str, os.stat_result]] | None = None
                  ) -> tuple[list[Entry], list[StoreError]]:
     """Every publishable store file; parse only those whose (mtime, size) changed, and
     build their feed fragments on the way (in worker processes when there are many)."""
@@ -219,7 +221,7 @@ def load_entries(ws: Workspace, source_info: SourceInfo
     broken: list[StoreError] = []
     stats: dict[str, os.stat_result] = {}
     changed: list[str] = []
-    for rel, st in ws.store.scan():
+    for rel, st in scanned if scanned is not None else ws.store.scan():
         stats[rel] = st
         cached = cache.get(rel)
         if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
@@ -305,7 +307,7 @@ def group_feeds(config: Config, entries: Iterable[Entry], source_titles: Mapping
     # Oldest first, not the store's directory-scan order (which differs between file
     # systems): a term spelt two ways ('AI', 'ai') is named after its first item, the
     # same on every machine and stable as new items arrive.
-    entries = sorted(entries, key=lambda e: (e.item.date.timestamp(), e.path))
+    entries = sorted(entries, key=lambda e: (-e.sort_key[0], e.path))
     groups[("all", "")] = list(entries)
     configured = {s.id for s in config.sources}
     # Folders are assigned per taxonomy over all its terms at once, so a derived slug
@@ -611,8 +613,13 @@ def signature(config: Config, spec: FeedSpec, entries: list[Entry],
     for e in entries:
         h.update(f"\x00{e.path}\x00{e.digest}".encode("utf-8", "surrogatepass"))
         if e.item.source in source_info:
-            h.update(json.dumps(source_info[e.item.source], ensure_ascii=False).encode())
+            h.update(_info_bytes(source_info[e.item.source]))
     return h.hexdigest()
+
+
+@lru_cache(maxsize=4096)
+def _info_bytes(info: tuple[str, str]) -> bytes:
+    return json.dumps(info, ensure_ascii=False).encode()
 
 
 # -- write -------------------------------------------------------------------------------------
@@ -676,14 +683,15 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
         info = source_info_of(ws)
         # Nothing changed since the last publish (no store file, no setting, every output
         # file still there): nothing to read, group or compare.
-        fingerprint = _store_fingerprint(ws, info)
+        scanned = sorted(ws.store.scan())
+        fingerprint = _store_fingerprint(ws, info, scanned)
         if only_if_changed and ws.index.meta("publish_fingerprint") == fingerprint:
             done = json.loads(ws.index.meta("publish_summary") or "{}")
             if done and _outputs_present(output, ws.index.output_signatures()):
                 result.feeds, result.items = done["feeds"], done["items"]
                 result.unchanged = done["files"]
                 return result
-        entries, result.broken = load_entries(ws, info)
+        entries, result.broken = load_entries(ws, info, scanned)
         result.items = len(entries)
         titles = {k: v[0] for k, v in info.items()}
         listed_by = ws.index.listed_by()
@@ -754,14 +762,15 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
     return result
 
 
-def _store_fingerprint(ws: Workspace, info: SourceInfo) -> str:
+def _store_fingerprint(ws: Workspace, info: SourceInfo,
+                       scanned: list[tuple[str, os.stat_result]]) -> str:
     """Everything a publish reads: each store file's (path, mtime, size) and the settings."""
     config = ws.config
     h = hashlib.sha256(json.dumps(
         [__version__, repr(config.site), config.defaults.keep_items,
          config.defaults.interval.total_seconds(), sorted(info.items())],
         ensure_ascii=False).encode())
-    for rel, st in sorted(ws.store.scan()):
+    for rel, st in scanned:  # sorted
         h.update(f"{rel}\x00{st.st_mtime_ns}\x00{st.st_size}\n".encode("utf-8", "surrogatepass"))
     return h.hexdigest()
 
