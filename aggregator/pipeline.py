@@ -22,7 +22,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
-from concurrent.futures import Future, ProcessPoolExecutor, ThreadPoolExecutor, wait
+from concurrent.futures import (
+    Future,
+    InvalidStateError,
+    ProcessPoolExecutor,
+    ThreadPoolExecutor,
+    wait,
+)
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, replace
 from datetime import datetime
 from pathlib import Path
@@ -177,8 +184,14 @@ def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fet
 
 
 class _LazyPool:
-    """The worker processes, started when the first feed needs parsing: a poll where
-    every feed answers 304 starts none."""
+    """Worker processes, started when the first feed needs parsing (a poll where every
+    feed answers 304 starts none).
+
+    submit() hands back a future of this process's own, which a worker's outcome settles:
+    this process can take back a job no worker has started (_take, for _steal), and when
+    a worker dies (out of memory, kill -9) its jobs, and all later ones, are parsed here
+    instead of failing their sources.
+    """
 
     def __init__(self, workers: int) -> None:
         self.workers = workers
@@ -186,16 +199,42 @@ class _LazyPool:
         self._lock = threading.Lock()
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
+        local: Future[Any] = Future()
         with self._lock:
             if self._pool is None:
                 self._pool = ProcessPoolExecutor(
                     max_workers=self.workers, mp_context=multiprocessing.get_context("forkserver"))
-            return self._pool.submit(fn, *args)
+            self._forward(local, fn, args)
+        return local
+
+    def _forward(self, local: Future[Any], fn: Callable[..., Any], args: tuple[Any, ...]) -> None:
+        assert self._pool is not None
+        try:
+            remote = self._pool.submit(fn, *args)
+        except BrokenProcessPool:  # a worker died (killed, out of memory): parse here
+            return
+        local.remote = remote  # type: ignore[attr-defined]  # see _take
+        remote.add_done_callback(lambda r: _settle(local, r))
 
     def shutdown(self) -> None:
         with self._lock:
             if self._pool is not None:
                 self._pool.shutdown(cancel_futures=True)
+
+
+def _settle(local: Future[Any], remote: Future[Any]) -> None:
+    """A worker's outcome into the future this process handed out."""
+    try:
+        if remote.cancelled():
+            local.cancel()
+        elif isinstance(remote.exception(), BrokenProcessPool):
+            del local.remote  # type: ignore[attr-defined]  # no worker will: _take it here
+        elif remote.exception() is not None:
+            local.set_exception(remote.exception())
+        else:
+            local.set_result(remote.result())
+    except InvalidStateError:  # cancelled meanwhile: taken here
+        pass
 
 
 STEAL_POLL = 0.01  # seconds between looks for a feed to parse here while a worker parses
@@ -214,7 +253,7 @@ def _steal(pending: deque[tuple[Source, Future[Fetched]]],
         preparing, job = fetched.preparing, fetched.job
         if preparing is None or job is None or id(preparing) in stolen:
             continue
-        if preparing.cancel():  # still queued: no worker will run it now
+        if _take(preparing):  # still queued: no worker will run it now
             try:
                 stolen[id(preparing)] = prepare_in_worker(*job)
             except Exception as e:  # as from a worker: the source's error, not the poll's
@@ -222,6 +261,14 @@ def _steal(pending: deque[tuple[Source, Future[Fetched]]],
                 stolen[id(preparing)] = f"internal error: {type(e).__name__}: {e}"
             return True
     return False
+
+
+def _take(preparing: Future[Any]) -> bool:
+    """Cancel a parse no worker has started, so that this process can do it."""
+    remote = getattr(preparing, "remote", None)  # handed to the pool by _LazyPool
+    if remote is not None and not remote.cancel():
+        return False  # a worker is on it
+    return preparing.cancel()
 
 
 def _collect(source: Source, fetched: Fetched, stolen: dict[int, Prepared | str]) -> Fetched:

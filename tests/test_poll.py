@@ -714,3 +714,28 @@ def test_a_feed_no_worker_has_started_is_parsed_here_with_the_same_result(
     assert here is not None and here == there
     assert [item.title for item, _keys, _dated in here.items] == ["Story number 1 about clinical models",
                                                               "医院接入大模型"]
+
+
+def _die() -> None:
+    os._exit(1)  # a worker killed (out of memory, kill -9)
+
+
+def test_when_a_worker_dies_its_feeds_are_parsed_here() -> None:
+    from concurrent.futures import wait
+
+    from aggregator.pipeline import _LazyPool, _take
+
+    pool = _LazyPool(1)
+    try:
+        first = pool.submit(_die)
+        second = pool.submit(_block, 0.0)
+        deadline = time.monotonic() + 60
+        while not (_take(first) and _take(second)):  # both come back to this process
+            assert time.monotonic() < deadline, "the dead worker's jobs never came back"
+            time.sleep(0.05)
+        later = pool.submit(_block, 0.0)  # the pool is broken: kept here, not lost
+        wait([later], timeout=0.5)
+        assert not later.done() and _take(later)
+    finally:
+        pool.shutdown()
+
