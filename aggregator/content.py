@@ -110,7 +110,7 @@ def _has_relative_url(fragment: str) -> bool:
                for m in _URL_ATTRIBUTE.finditer(fragment))
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=16)  # each ~15 KB; an item's base is mostly its own link anyway
 def _cleaner(base_url: str | None) -> nh3.Cleaner:
     """nh3's sanitizer built once per base URL (nh3.clean builds it on every call: a
     third of its cost)."""

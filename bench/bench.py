@@ -975,6 +975,7 @@ def write_report(ctx: Context, fs_paths: dict[str, Path], fs_types: dict[str, st
         "",
         *[f"- {n}" for n in ctx.notes],
         "",
+        *history_section(),
         "## Commands",
         "",
         "Paths shortened: `$WORK` = " + f"`{o.workdir}`, `$FS` = the filesystem's "
@@ -989,6 +990,15 @@ def write_report(ctx: Context, fs_paths: dict[str, Path], fs_types: dict[str, st
     o.results.parent.mkdir(parents=True, exist_ok=True)
     o.results.write_text("\n".join(md), encoding="utf-8")
     return "\n".join(text_out)
+
+
+def history_section() -> list[str]:
+    """bench/HISTORY.md (what each change bought), one heading level down."""
+    path = BENCH / "HISTORY.md"
+    if not path.is_file():
+        return []
+    lines = path.read_text(encoding="utf-8").splitlines()
+    return [("#" + line) if line.startswith("#") else line for line in lines] + [""]
 
 
 # --- main ------------------------------------------------------------------
