@@ -17,7 +17,7 @@ import sqlite3
 import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from datetime import datetime
 from pathlib import Path
 
@@ -108,7 +108,8 @@ class SourceState:
         return SourceState(**{k: v for k, v in data.items() if k in names})
 
     def to_json(self) -> str:
-        return json.dumps(asdict(self), ensure_ascii=False, sort_keys=True)
+        # Flat fields of plain types: no asdict() deep copy (a tenth of a warm poll).
+        return json.dumps(self.__dict__, ensure_ascii=False, sort_keys=True)
 
 
 @dataclass(frozen=True)
