@@ -42,7 +42,6 @@ _BLOCK_TAG = re.compile(
     r"<(?:/?(?:p|div|br|li|ul|ol|h[1-6]|tr|td|th|blockquote|pre|table|section|article|"
     r"figure|figcaption|dd|dt|hr)\b)", re.IGNORECASE)
 _SPACES = re.compile(r"\s+")
-_ENTITY_LIKE = re.compile(r"&(?=#?[A-Za-z0-9]+;)")
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 

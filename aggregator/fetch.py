@@ -130,6 +130,7 @@ class _Watchdog:
     def __exit__(self, *exc: object) -> None:
         with self._lock:  # a connection back in the pool may now serve another fetch
             self._done = True
+            self._connections.clear()  # the deadline thread holds this until its time
         _fetch_local.connections = None
 
     def fire(self) -> None:
@@ -151,7 +152,7 @@ class _Watchdog:
 
 def _environment_matters() -> bool:
     """Whether requests' trust_env would change anything: proxy variables or a ~/.netrc."""
-    if any(value for name, value in urllib.request.getproxies_environment().items()):
+    if any(urllib.request.getproxies_environment().values()):
         return True
     netrc = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
     return os.path.exists(netrc) or os.path.exists(os.path.expanduser("~/_netrc"))

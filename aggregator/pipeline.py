@@ -64,6 +64,7 @@ from aggregator.store import (
     Store,
     file_hash,
     item_path,
+    os_error_reason,
     read_item,
     render_item,
     sweep_temp_files,
@@ -619,8 +620,7 @@ class Journal:
             # Unbuffered: the line is in the kernel before the file it describes is.
             os.write(self._fd, line.encode("utf-8"))
         except OSError as e:
-            reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise StoreError(f"cannot write the journal: {reason}",
+            raise StoreError(f"cannot write the journal: {os_error_reason(e)}",
                              path=self._path or self.folder) from e
 
     def _open(self) -> None:

@@ -212,16 +212,17 @@ def _pool_map(func: Any, batches: list[Any]) -> Iterator[Any]:
 
 
 def load_entries(ws: Workspace, source_info: SourceInfo,
-                 scanned: list[tuple[str, os.stat_result]] | None = None
+                 scanned: list[tuple[str, os.stat_result]]
                  ) -> tuple[list[Entry], list[StoreError]]:
-    """Every publishable store file; parse only those whose (mtime, size) changed, and
-    build their feed fragments on the way (in worker processes when there are many)."""
+    """Every publishable store file of ``scanned`` (store.scan()); parse only those whose
+    (mtime, size) changed, and build their feed fragments on the way (in worker processes
+    when there are many)."""
     cache = ws.index.cached_files()
     entries: list[Entry] = []
     broken: list[StoreError] = []
     stats: dict[str, os.stat_result] = {}
     changed: list[str] = []
-    for rel, st in scanned if scanned is not None else ws.store.scan():
+    for rel, st in scanned:
         stats[rel] = st
         cached = cache.get(rel)
         if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:

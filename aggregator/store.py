@@ -264,6 +264,11 @@ def _temp_file(tmp_dir: Path) -> tuple[int, str]:
             continue
 
 
+def os_error_reason(e: OSError) -> str:
+    """What to tell a person about a failed write."""
+    return "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
+
+
 def write_atomic(target: Path, data: bytes, tmp_dir: Path) -> None:
     """Write data to target through a temporary file and a rename.
 
@@ -288,8 +293,7 @@ def write_atomic(target: Path, data: bytes, tmp_dir: Path) -> None:
         except OSError:
             pass
         if isinstance(e, OSError):
-            reason = "disk full" if e.errno == errno.ENOSPC else (e.strerror or str(e))
-            raise StoreError(f"cannot write: {reason}", path=target) from e
+            raise StoreError(f"cannot write: {os_error_reason(e)}", path=target) from e
         raise
 
 
