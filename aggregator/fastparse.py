@@ -16,6 +16,7 @@ import re
 from datetime import UTC, datetime, timedelta
 from html import escape
 
+from feedparser.datetimes import _parse_date
 from lxml import etree
 
 from aggregator.content import absolute_url, first_image, plain_text
@@ -116,8 +117,6 @@ def _first(parent: etree._Element, *tags: str) -> etree._Element | None:
 def _date(value: str) -> datetime | None:
     if not value:
         return None
-    from feedparser.datetimes import _parse_date  # imported once, when a feed is parsed
-
     parsed = _parse_date(value)
     if not parsed:
         return None

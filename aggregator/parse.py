@@ -20,6 +20,10 @@ from html.parser import HTMLParser
 from typing import Any
 from urllib.parse import urljoin
 
+# At the top, never inside a function: fetch threads parse, and feedparser's modules
+# imported for the first time by two threads at once can deadlock (_DeadlockError).
+import feedparser
+
 from aggregator.content import absolute_url, first_image, plain_text
 from aggregator.errors import ParseError
 from aggregator.fastparse import MAX_FEED_INTERVAL, parse_fast
@@ -68,8 +72,6 @@ def _parse_xml(body: bytes, headers: dict[str, str], url: str, source_id: str) -
     headers.setdefault("content-location", url)
     headers.setdefault("content-type", "application/xml")  # local files: let the document decide
     try:
-        import feedparser  # the fallback: most feeds never need it
-
         parsed = feedparser.parse(body, response_headers=headers, sanitize_html=False,
                                   resolve_relative_uris=False)
     except Exception as e:  # feedparser is meant not to raise; wrap anything that does

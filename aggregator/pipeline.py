@@ -46,7 +46,9 @@ from aggregator.dedupe import (
 )
 from aggregator.errors import AggregatorError, FetchError, SourceError, StoreError
 from aggregator.fetch import Fetcher
+from aggregator.fulltext import enrich_entries
 from aggregator.index import Index, ItemRecord, SourceState, now_iso
+from aggregator.items import build_item, passes_filters
 from aggregator.lock import WriteLock
 from aggregator.model import (
     Config,
@@ -59,6 +61,7 @@ from aggregator.model import (
     Source,
     SourceReport,
 )
+from aggregator.parse import parse_feed
 from aggregator.schedule import after_error, is_gone, skip_reason
 from aggregator.store import (
     Store,
@@ -336,9 +339,6 @@ def fetch_stage(ws: Workspace, source: Source, clock: Clock, fetcher: Fetcher,
                    dict(config.front_matter), now, ws.index.raw_keys(source.id))
             return Fetched(now, started, state, result=result,
                            preparing=processes.submit(prepare_in_worker, *job), job=job)
-        from aggregator.fulltext import enrich_entries
-        from aggregator.parse import parse_feed
-
         parsed = parse_feed(result.body, result.headers, result.url, source.id)
         if source.full_text:
             # A stored item keeps the article text it got: its entry (a summary) must not
@@ -464,10 +464,6 @@ def prepare_entries(parsed: ParsedFeed, source: Source, site: Site,
                     known_raw: frozenset[str] = frozenset()) -> Prepared:
     """Pure: every entry not seen before as the item it becomes, with its dedupe keys;
     filters applied."""
-    # Here, not at the top: a poll where every feed answers 304 never needs the parser
-    # and converter chain (lxml, nh3, feedparser), and skips importing it.
-    from aggregator.items import build_item, passes_filters
-
     candidates: list[Candidate] = []
     warnings: list[str] = []
     skipped = 0
@@ -503,8 +499,6 @@ def prepare_in_worker(body: bytes, headers: dict[str, str], url: str, source: So
                       known_raw: frozenset[str] = frozenset()) -> Prepared | str:
     """parse_feed + prepare_entries in a worker process; a source's error comes back as
     its message (exceptions with keyword arguments do not cross processes)."""
-    from aggregator.parse import parse_feed
-
     try:
         parsed = parse_feed(body, headers, url, source.id)
     except SourceError as e:
