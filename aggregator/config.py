@@ -17,6 +17,8 @@ from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from aggregator.errors import ConfigError
 from aggregator.model import Config, Defaults, Site, Source, freeze
@@ -119,9 +121,6 @@ def load_config(path: str | os.PathLike[str]) -> Config:
 
 
 def parse_yaml(text: str, path: Path) -> Any:
-    from ruamel.yaml import YAML  # 10 ms to import: only when the fast path declines
-    from ruamel.yaml.error import MarkedYAMLError, YAMLError
-
     try:
         return YAML(typ="rt").load(text)
     except MarkedYAMLError as e:
