@@ -7,6 +7,7 @@ bad config (nothing written).
 
 from __future__ import annotations
 
+import faulthandler
 import json
 import logging
 import sys
@@ -88,6 +89,9 @@ def _setup_logging(verbose: int, quiet: bool) -> None:
 def main(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool) -> None:
     """Poll RSS, Atom and JSON feeds into a Hugo-ready Markdown store and
     republish them as per-tag, per-category and per-source feeds."""
+    # A crash in a C extension (lxml, SQLite, nh3) then names the Python lines of every
+    # thread on stderr (the journal, under systemd) instead of dying without a word.
+    faulthandler.enable()
     _setup_logging(verbose, quiet)
     ctx.obj = Context(config_file, verbose, quiet)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import calendar
 import re
+import threading
 from datetime import UTC, datetime, timedelta
 from html import escape
 
@@ -62,8 +63,18 @@ RSS1_ITEM = frozenset({
 RSS1_SINGLE = (f"{{{RSS1}}}title", f"{{{RSS1}}}link", f"{{{RSS1}}}description",
                f"{{{DC}}}date")
 
-_PARSER = etree.XMLParser(resolve_entities=False, no_network=True, huge_tree=False,
-                          remove_comments=True, remove_pis=True, load_dtd=False)
+_PARSERS = threading.local()
+
+
+def _parser() -> etree.XMLParser:
+    """This thread's parser: lxml supports its default parser or one parser per thread,
+    not one shared by the fetch threads (a poll of a few feeds parses in them)."""
+    parser = getattr(_PARSERS, "parser", None)
+    if parser is None:
+        parser = _PARSERS.parser = etree.XMLParser(
+            resolve_entities=False, no_network=True, huge_tree=False, remove_comments=True,
+            remove_pis=True, load_dtd=False)
+    return parser
 
 
 class _Unsupported(Exception):
@@ -82,7 +93,7 @@ def parse_fast(body: bytes, url: str) -> ParsedFeed | None:
     if _C1.search(body):
         return None
     try:
-        root = etree.fromstring(body, _PARSER)
+        root = etree.fromstring(body, _parser())
     except (etree.XMLSyntaxError, ValueError, LookupError):
         return None
     try:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import html
 import re
+import threading
 import unicodedata
 from collections.abc import Callable
 from typing import Any
@@ -446,8 +447,18 @@ def _convert(el: Any, tag: str, flags: int, depth: int = 0) -> str:
     return convert(el, text, flags) if convert else text
 
 
-# Plain lxml elements (not lxml.html's, whose class lookup costs a call per node).
-_PARSER = etree.HTMLParser(remove_comments=True, remove_pis=True, default_doctype=False)
+_PARSERS = threading.local()
+
+
+def _parser() -> etree.HTMLParser:
+    """This thread's parser (lxml does not support one parser shared by threads); plain
+    lxml elements, not lxml.html's, whose class lookup costs a call per node."""
+    parser = getattr(_PARSERS, "parser", None)
+    if parser is None:
+        parser = _PARSERS.parser = etree.HTMLParser(remove_comments=True, remove_pis=True,
+                                                    default_doctype=False)
+    return parser
+
 MAX_DEPTH = 200
 _DOCUMENT_END = re.compile(r"</(?:body|html)\b[^>]*>", re.IGNORECASE)
 
@@ -457,7 +468,7 @@ def convert(fragment: str) -> str:
     # A stray </body> or </html> would end the wrapper early and lose what follows it.
     fragment = _DOCUMENT_END.sub("", fragment)
     try:
-        document = etree.fromstring(f"<html><body>{fragment}</body></html>", _PARSER)
+        document = etree.fromstring(f"<html><body>{fragment}</body></html>", _parser())
         body = document.find("body") if document is not None else None
         if body is None:  # nothing parseable: no text to keep
             return ""

@@ -245,3 +245,29 @@ def test_json_feed_detected_without_a_json_content_type() -> None:
     body = b'{"version": "https://jsonfeed.org/version/1", "items": [{"id": "1", "title": "x"}]}'
     parsed = parse_feed(body, {"Content-Type": "text/plain"}, "file:///tmp/feed", "local")
     assert [e.title for e in parsed.entries] == ["x"]
+
+
+def test_each_thread_parses_with_its_own_lxml_parsers() -> None:
+    """lxml supports its default parser or one parser per thread, not a parser shared by
+    threads; a poll of a few feeds parses them in its fetch threads (a shared parser
+    once aborted a poll with 'double free or corruption')."""
+    import threading
+
+    from aggregator import fastparse, html2md
+
+    seen: dict[str, list[object]] = {"xml": [], "html": []}  # held: no id() reused
+    lock = threading.Lock()
+
+    def run() -> None:
+        for _ in range(2):  # the same parser again within one thread
+            with lock:
+                seen["xml"].append(fastparse._parser())
+                seen["html"].append(html2md._parser())
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=30)
+    for kind, ids in seen.items():
+        assert len(ids) == 6 and len({id(p) for p in ids}) == 3, kind
