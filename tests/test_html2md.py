@@ -8,7 +8,7 @@ import html
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from markdown_it import MarkdownIt
 
@@ -86,6 +86,9 @@ def block(draw: st.DrawFn, depth: int = 0) -> str:
 @given(st.lists(block(), max_size=5).map("".join))
 def test_same_markdown_as_the_oracle_on_well_formed_html(fragment: str) -> None:
     clean = sanitize_html(fragment, BASE)
+    # A code block holding a fence gets a longer one here, on purpose (markdownify's
+    # ends the block early): test_a_code_block_holding_a_fence_gets_a_longer_fence.
+    assume("```" not in clean)
     assert html_to_markdown(clean) == oracle_markdown(clean), clean
 
 
