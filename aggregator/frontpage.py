@@ -7,7 +7,7 @@ phone, and offline; it carries <link rel="alternate"> so readers autodiscover.
 from __future__ import annotations
 
 import xml.etree.ElementTree as ET
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING
 
@@ -16,7 +16,7 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from aggregator import __version__
 from aggregator.content import is_web_url
 from aggregator.model import Config, FeedSpec
-from aggregator.slug import assign_slugs, url_segment
+from aggregator.slug import url_segment
 
 if TYPE_CHECKING:
     from aggregator.publish import Entry
@@ -56,9 +56,12 @@ def _feed_name(site_title: str, spec: FeedSpec) -> str:
     return spec.title[len(prefix):] if spec.title.startswith(prefix) else spec.title
 
 
-def render_index_html(config: Config, feeds: Mapping[FeedSpec, Sequence[Entry]],
-                      counts: Mapping[FeedSpec, int], entries: Sequence[Entry]) -> bytes:
+def render_index_html(config: Config, counts: Mapping[FeedSpec, int], latest: Sequence[Entry],
+                      tag_slugs: Mapping[str, str]) -> bytes:
+    """counts: every published feed and its items; latest: the newest items; tag_slugs:
+    the folder of every tag (publish's, not term_slug alone)."""
     site = config.site
+    feeds = counts
     t = LABELS["zh" if site.language.lower().startswith("zh") else "en"]
     all_spec = next(s for s in feeds if s.kind == "all")
     groups = []
@@ -71,16 +74,14 @@ def render_index_html(config: Config, feeds: Mapping[FeedSpec, Sequence[Entry]],
     # An item names its source as the source's feed does (the configured title, else
     # the feed's own), and links to that feed only when one was published.
     source_feeds = {s.term: s for s in feeds if s.kind == "source"}
-    # The same folders as publish.group_feeds gave the tags (not term_slug alone).
-    tag_slugs = assign_slugs(t for e in entries for t in e.item.tags)
     site_lang = site.language.casefold()
-    latest = []
-    for e in sorted(entries, key=lambda e: e.sort_key)[:LATEST]:
+    items = []
+    for e in sorted(latest, key=lambda e: e.sort_key)[:LATEST]:
         item = e.item
         source = item.source
         spec = source_feeds.get(source) if source else None
         lang = item.lang[0] if item.lang else ""
-        latest.append({
+        items.append({
             "title": item.title,
             "link": item.link if is_web_url(item.link) else None,
             # Marked only where it differs from the page's, so the browser picks fitting
@@ -93,16 +94,16 @@ def render_index_html(config: Config, feeds: Mapping[FeedSpec, Sequence[Entry]],
             "author": item.author,
             "summary": item.summary,
             "tags": [{"name": tag, "href": f"tags/{url_segment(tag_slugs[tag])}/index.xml"}
-                     for tag in item.tags[:8]],
+                     for tag in item.tags[:8] if tag in tag_slugs],
         })
     html = _env().get_template("index.html.j2").render(
-        site=site, t=t, all_feed=_links(all_spec), all_count=counts.get(all_spec, len(entries)),
-        groups=groups, latest=latest, item_count=len(entries), feed_count=len(feeds),
+        site=site, t=t, all_feed=_links(all_spec), all_count=counts[all_spec],
+        groups=groups, latest=items, item_count=counts[all_spec], feed_count=len(feeds),
         generator=f"aggregator {__version__}")
     return html.encode("utf-8")
 
 
-def render_opml(config: Config, feeds: Mapping[FeedSpec, Sequence[Entry]]) -> bytes:
+def render_opml(config: Config, feeds: Iterable[FeedSpec]) -> bytes:
     """OPML 2.0 of every published feed, grouped like the front page."""
     site = config.site
     t = LABELS["zh" if site.language.lower().startswith("zh") else "en"]
@@ -118,6 +119,7 @@ def render_opml(config: Config, feeds: Mapping[FeedSpec, Sequence[Entry]]) -> by
         ET.SubElement(parent, "outline", type="rss", text=text, title=spec.title,
                       xmlUrl=base + links["rss"], htmlUrl=base)
 
+    feeds = list(feeds)
     all_spec = next(s for s in feeds if s.kind == "all")
     outline(body, all_spec, t["all"])
     for kind in ("category", "source", "tag"):

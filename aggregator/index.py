@@ -7,7 +7,13 @@
   permanent URL after a 301, errors, Retry-After, 410...). Files cannot tell this,
   so ``reindex`` keeps it, and keeps the record of deleted items.
 - ``files``: publish's cache of parsed store files keyed by (mtime, size).
-- ``outputs``: publish's signature of each feed, to rewrite only changed feeds.
+- ``members``: which feeds each published file is in (its tags, categories, sources
+  and the site-wide feed), so a publish regroups only the feeds a change touches.
+- ``outputs``: each published feed, its signature (rewrite only changed feeds), its
+  name and item count (the front page and OPML without regrouping the store).
+- ``dirty_listings``: files whose ``item_sources`` rows changed since the last publish
+  (filled by triggers: a second source listing an item changes that source's feed
+  without changing the file).
 """
 
 from __future__ import annotations
@@ -24,8 +30,8 @@ from pathlib import Path
 from aggregator.errors import StoreError
 
 DEFERRED_STATES_MAX = 256  # source states held back at most (see Index.deferred_states)
-SCHEMA_VERSION = 3  # PRAGMA user_version; older caches are dropped, older items rebuilt
-CACHE_TABLES = ("files", "outputs", "fragments")
+SCHEMA_VERSION = 4  # PRAGMA user_version; older caches are dropped, older items rebuilt
+CACHE_TABLES = ("files", "outputs", "fragments", "members", "dirty_listings")
 ITEM_TABLES = ("items", "keys", "item_sources")
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
@@ -66,9 +72,31 @@ CREATE TABLE IF NOT EXISTS fragments (
     atom TEXT NOT NULL,         -- as an Atom <entry>
     json TEXT NOT NULL          -- as a JSON Feed item
 );
+CREATE TABLE IF NOT EXISTS members (
+    kind TEXT NOT NULL,         -- all, tag, category or source
+    term TEXT NOT NULL,         -- as the file spells it; a source id; '' for all
+    nts REAL NOT NULL,          -- minus the item's timestamp: newest first in key order
+    path TEXT NOT NULL,
+    pos INTEGER NOT NULL,       -- the term's place in the item's list (see feed_name)
+    PRIMARY KEY (kind, term, nts, path)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS members_path ON members(path);
+CREATE TABLE IF NOT EXISTS dirty_listings (
+    path TEXT PRIMARY KEY
+) WITHOUT ROWID;
+CREATE TRIGGER IF NOT EXISTS item_sources_added AFTER INSERT ON item_sources BEGIN
+    INSERT OR IGNORE INTO dirty_listings(path) VALUES (NEW.path);
+END;
+CREATE TRIGGER IF NOT EXISTS item_sources_removed AFTER DELETE ON item_sources BEGIN
+    INSERT OR IGNORE INTO dirty_listings(path) VALUES (OLD.path);
+END;
 CREATE TABLE IF NOT EXISTS outputs (
-    feed TEXT PRIMARY KEY,
-    signature TEXT NOT NULL
+    feed TEXT PRIMARY KEY,      -- its folder, '/' for the site-wide feed
+    signature TEXT NOT NULL,    -- 'failed': retried by the next publish
+    kind TEXT NOT NULL,
+    slug TEXT NOT NULL,
+    name TEXT NOT NULL,         -- the term as its oldest item spells it; a source id
+    count INTEGER NOT NULL      -- its items (all, not only the newest keep_items)
 );
 CREATE TABLE IF NOT EXISTS meta (
     key TEXT PRIMARY KEY,
@@ -297,10 +325,18 @@ class Index:
             self._deferred.clear()
 
     # -- publish caches ------------------------------------------------------------------
-    def cached_files(self) -> dict[str, tuple[int, int, str | None, str | None, str | None]]:
-        """path -> (mtime_ns, size, digest, meta JSON, error); the HTML stays on disk."""
-        return {p: (m, s, d, meta, e) for p, m, s, d, meta, e in
-                self._query("SELECT path, mtime_ns, size, digest, meta, error FROM files")}
+    def file_stats(self) -> dict[str, tuple[int, int]]:
+        """path -> (mtime_ns, size) of every file the cache holds."""
+        return {p: (m, s) for p, m, s in self._query("SELECT path, mtime_ns, size FROM files")}
+
+    def file_entries(self, paths: Iterable[str]) -> list[tuple[str, str, str | None]]:
+        """(path, digest, meta JSON) of the given cached files that parsed."""
+        return [r for chunk in _chunks(paths) for r in self._query(
+            f"SELECT path, digest, meta FROM files WHERE path IN ({_marks(chunk)}) "
+            "AND meta IS NOT NULL AND error IS NULL", chunk)]
+
+    def broken_files(self) -> list[tuple[str, str]]:
+        return self._query("SELECT path, error FROM files WHERE error IS NOT NULL ORDER BY path")
 
     def save_files(self, rows: Iterable[tuple[str, int, int, str, str | None, str | None,
                                               str | None]],
@@ -311,26 +347,17 @@ class Index:
             db.executemany("DELETE FROM files WHERE path = ?", [(p,) for p in removed])
 
     def rendered_html(self, paths: list[str]) -> dict[str, str]:
-        out: dict[str, str] = {}
-        for start in range(0, len(paths), 500):
-            chunk = paths[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            out.update(self._query(f"SELECT path, html FROM files WHERE path IN ({marks})",
-                                   chunk))
-        return out
+        return dict(r for chunk in _chunks(paths) for r in self._query(
+            f"SELECT path, html FROM files WHERE path IN ({_marks(chunk)})", chunk))
 
-    def fragment_keys(self) -> dict[str, str]:
-        return dict(self._query("SELECT path, key FROM fragments"))
+    def fragment_keys(self, paths: list[str]) -> dict[str, str]:
+        return dict(r for chunk in _chunks(paths) for r in self._query(
+            f"SELECT path, key FROM fragments WHERE path IN ({_marks(chunk)})", chunk))
 
     def fragments(self, paths: list[str]) -> dict[str, tuple[str, str, str]]:
-        out: dict[str, tuple[str, str, str]] = {}
-        for start in range(0, len(paths), 500):
-            chunk = paths[start:start + 500]
-            marks = ",".join("?" * len(chunk))
-            for p, rss, atom, js in self._query(
-                    f"SELECT path, rss, atom, json FROM fragments WHERE path IN ({marks})", chunk):
-                out[p] = (rss, atom, js)
-        return out
+        return {p: (rss, atom, js) for chunk in _chunks(paths) for p, rss, atom, js in
+                self._query("SELECT path, rss, atom, json FROM fragments "
+                            f"WHERE path IN ({_marks(chunk)})", chunk)}
 
     def save_fragments(self, rows: Iterable[tuple[str, str, str, str, str]],
                        removed: Iterable[str] = ()) -> None:
@@ -339,20 +366,74 @@ class Index:
                            "VALUES (?, ?, ?, ?, ?)", list(rows))
             db.executemany("DELETE FROM fragments WHERE path = ?", [(p,) for p in removed])
 
-    def listed_by(self) -> dict[str, list[str]]:
-        """path -> the sources whose feeds list it (files name only the first, see SPEC §3)."""
+    def listed_by(self, paths: Iterable[str] | None = None) -> dict[str, list[str]]:
+        """path -> the sources whose feeds list it (files name only the first, see SPEC §3),
+        in the order they came; for ``paths`` only, if given."""
         out: dict[str, list[str]] = {}
-        for path, source in self._query("SELECT path, source FROM item_sources ORDER BY rowid"):
+        rows = (self._query("SELECT path, source FROM item_sources ORDER BY rowid")
+                if paths is None else sorted(
+                    r for chunk in _chunks(paths) for r in self._query(
+                        "SELECT rowid, path, source FROM item_sources "
+                        f"WHERE path IN ({_marks(chunk)})", chunk)))
+        for *_, path, source in rows:
             out.setdefault(path, []).append(source)
         return out
 
-    def output_signatures(self) -> dict[str, str]:
-        return dict(self._query("SELECT feed, signature FROM outputs"))
+    # -- feed membership (publish) ----------------------------------------------------------
+    def dirty_listings(self) -> list[str]:
+        return [p for (p,) in self._query("SELECT path FROM dirty_listings")]
 
-    def save_output_signatures(self, signatures: dict[str, str], removed: Iterable[str]) -> None:
+    def member_terms(self, paths: Iterable[str]) -> set[tuple[str, str]]:
+        """The (kind, term) pairs the given files are members of."""
+        return {r for chunk in _chunks(paths) for r in self._query(
+            f"SELECT DISTINCT kind, term FROM members WHERE path IN ({_marks(chunk)})", chunk)}
+
+    def replace_members(self, paths: Iterable[str],
+                        rows: Iterable[tuple[str, str, float, str, int]]) -> None:
+        """Forget the memberships of ``paths``, then add ``rows`` (kind, term, nts, path,
+        pos); the listings of those paths are no longer dirty."""
         with self.transaction() as db:
-            db.executemany("INSERT OR REPLACE INTO outputs(feed, signature) VALUES (?, ?)",
-                           list(signatures.items()))
+            for chunk in _chunks(paths):
+                db.execute(f"DELETE FROM members WHERE path IN ({_marks(chunk)})", chunk)
+                db.execute(f"DELETE FROM dirty_listings WHERE path IN ({_marks(chunk)})", chunk)
+            db.executemany("INSERT OR IGNORE INTO members(kind, term, nts, path, pos) "
+                           "VALUES (?, ?, ?, ?, ?)", list(rows))
+
+    def distinct_terms(self) -> list[tuple[str, str]]:
+        return self._query("SELECT DISTINCT kind, term FROM members")
+
+    def feed_paths(self, kind: str, terms: list[str], limit: int | None = None) -> list[str]:
+        """The members of a feed (terms: its spellings), newest first, at most ``limit``."""
+        sql = (f"SELECT path, min(nts) AS n FROM members WHERE kind = ? AND term IN "
+               f"({_marks(terms)}) GROUP BY path ORDER BY n, path" if len(terms) > 1 else
+               "SELECT path FROM members WHERE kind = ? AND term = ? ORDER BY nts, path")
+        rows = self._query(sql + (" LIMIT ?" if limit is not None else ""),
+                           [kind, *terms, *([limit] if limit is not None else [])])
+        return [r[0] for r in rows]
+
+    def feed_count(self, kind: str, terms: list[str]) -> int:
+        return self._query(f"SELECT count(DISTINCT path) FROM members WHERE kind = ? AND term "
+                           f"IN ({_marks(terms)})", [kind, *terms])[0][0]
+
+    def feed_name(self, kind: str, terms: list[str]) -> str:
+        """A term spelt two ways ('AI', 'ai') is named as its oldest item spells it (then
+        by path, then by the place in that item's list): the same on every machine and
+        stable as new items arrive."""
+        return self._query(f"SELECT term FROM members WHERE kind = ? AND term IN "
+                           f"({_marks(terms)}) ORDER BY nts DESC, path, pos LIMIT 1",
+                           [kind, *terms])[0][0]
+
+    def feed_records(self) -> dict[str, tuple[str, str, str, str, int]]:
+        """feed folder -> (signature, kind, slug, name, count) as the last publish left it."""
+        return {f: (sig, k, slug, name, n) for f, sig, k, slug, name, n in self._query(
+            "SELECT feed, signature, kind, slug, name, count FROM outputs")}
+
+    def save_feed_records(self, records: dict[str, tuple[str, str, str, str, int]],
+                          removed: Iterable[str]) -> None:
+        with self.transaction() as db:
+            db.executemany("INSERT OR REPLACE INTO outputs(feed, signature, kind, slug, name, "
+                           "count) VALUES (?, ?, ?, ?, ?, ?)",
+                           [(f, *r) for f, r in records.items()])
             db.executemany("DELETE FROM outputs WHERE feed = ?", [(f,) for f in removed])
 
     # -- reindex ---------------------------------------------------------------------------
@@ -395,8 +476,19 @@ class Index:
         return self._query("SELECT path, source, content_hash FROM item_sources ORDER BY rowid")
 
     def clear_items(self, db: sqlite3.Connection) -> None:
-        for table in ("items", "keys", "item_sources", "files", "outputs"):
+        for table in ("items", "keys", "item_sources", *CACHE_TABLES):
             db.execute(f"DELETE FROM {table}")
+
+
+def _chunks(values: Iterable[str], size: int = 500) -> Iterator[list[str]]:
+    """SQLite limits the parameters of one statement: IN (...) lists go in chunks."""
+    values = list(values)
+    for start in range(0, len(values), size):
+        yield values[start:start + size]
+
+
+def _marks(values: list[str]) -> str:
+    return ",".join("?" * len(values))
 
 
 def now_iso(now: datetime) -> str:

@@ -1,7 +1,9 @@
 """Publish the store as feeds: RSS 2.0 and Atom 1.0 (feedgen) and JSON Feed 1.1.
 
-    load     every store file, parsed once and cached in the index by (mtime, size)
-    group    site-wide, per tag, per category, per source (Hugo's slugs)
+    sync     store files whose (mtime, size) changed are parsed (and cached in the
+             index); their feed memberships (site-wide, tags, categories, sources)
+             are kept in the index too, so a change regroups only the feeds it touches
+    group    per taxonomy, terms -> folders (Hugo's slugs); a feed = its spellings
     decide   a feed's signature = its newest keep_items (path, content hash) + settings;
              unchanged signature and files present -> nothing to do
     build    pure: FeedSpec + items -> bytes of index.xml, atom.xml, feed.json
@@ -22,7 +24,7 @@ import os
 import re
 import shutil
 from collections import defaultdict, deque
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
@@ -211,52 +213,82 @@ def _pool_map(func: Any, batches: list[Any]) -> Iterator[Any]:
             yield result
 
 
-def load_entries(ws: Workspace, source_info: SourceInfo,
-                 scanned: list[tuple[str, os.stat_result]]
-                 ) -> tuple[list[Entry], list[StoreError]]:
-    """Every publishable store file of ``scanned`` (store.scan()); parse only those whose
-    (mtime, size) changed, and build their feed fragments on the way (in worker processes
-    when there are many)."""
-    cache = ws.index.cached_files()
-    entries: list[Entry] = []
-    broken: list[StoreError] = []
-    stats: dict[str, os.stat_result] = {}
-    changed: list[str] = []
-    for rel, st in scanned:
-        stats[rel] = st
-        cached = cache.get(rel)
-        if cached and cached[0] == st.st_mtime_ns and cached[1] == st.st_size:
-            _, _, digest, meta, error = cached
-            if error:
-                broken.append(StoreError(error, path=rel))
-            elif meta:
-                item = _item_from_json(meta)
-                if not item.extra.get("draft"):
-                    entries.append(Entry(rel, item, digest or ""))
-        else:
-            changed.append(rel)
+MemberRow = tuple[str, str, float, str, int]  # kind, term, -timestamp, path, pos
+
+
+def member_rows(entry: Entry, listed: Sequence[str]) -> list[MemberRow]:
+    """Pure: the feeds an entry is in, as rows of the index's members table. ``listed``:
+    the sources whose feeds list it besides those the file names."""
+    nts, path = entry.sort_key[0], entry.path
+    rows: list[MemberRow] = [("all", "", nts, path, 0)]
+    for kind, terms in (("tag", entry.item.tags), ("category", entry.item.categories),
+                        ("source", _sources_of(entry, listed))):
+        rows.extend((kind, term, nts, path, pos) for pos, term in enumerate(terms))
+    return rows
+
+
+@dataclass
+class StoreSync:
+    """What sync_store found: the feeds whose members changed, and the entries it read."""
+
+    touched: set[tuple[str, str]] = field(default_factory=set)  # (kind, term)
+    entries: dict[str, Entry] = field(default_factory=dict)
+    changed: int = 0
+
+
+def sync_store(ws: Workspace, source_info: SourceInfo,
+               scanned: list[tuple[str, os.stat_result]]) -> StoreSync:
+    """Bring the index's caches up to ``scanned`` (store.scan()): parse the files whose
+    (mtime, size) changed and build their feed fragments on the way (in worker processes
+    when there are many), forget removed files, and update the feed memberships of both
+    and of files another source started or stopped listing."""
+    index = ws.index
+    known = index.file_stats()
+    stats = dict(scanned)
+    changed = [rel for rel, st in scanned if known.get(rel) != (st.st_mtime_ns, st.st_size)]
+    removed = [p for p in known if p not in stats]
+    dirty = set(index.dirty_listings()).difference(changed)
+    sync = StoreSync(changed=len(changed) + len(removed))
+    # Before anything changes: the feeds these files were in (they may leave them).
+    sync.touched = index.member_terms([*changed, *removed, *dirty]) if known else set()
+
+    def add(entries: list[Entry], paths: list[str]) -> None:
+        listed = index.listed_by(paths)
+        rows = [r for e in entries for r in member_rows(e, listed.get(e.path, ()))]
+        index.replace_members(paths, rows)
+        sync.touched.update((kind, term) for kind, term, *_ in rows)
+        sync.entries.update((e.path, e) for e in entries)
+
     root, tz, base = str(ws.store.root), ws.config.site.timezone, ws.config.site.base_url
     size = PARSE_BATCH if len(changed) >= PARALLEL_PARSE_MIN else max(len(changed), 1)
     batches = [(root, changed[i:i + size], tz, base, dict(source_info))
                for i in range(0, len(changed), size)]
     for parsed, rows in _pool_map(_process_batch, batches):
-        fresh = []
+        fresh, entries = [], []
         for rel, digest, meta, html, error in parsed:
             st = stats[rel]
             fresh.append((rel, st.st_mtime_ns, st.st_size, digest, meta, html, error))
-            if error:
-                broken.append(StoreError(error, path=rel))
-            elif meta:
+            if meta and not error:
                 item = _item_from_json(meta)
                 if not item.extra.get("draft"):
                     entries.append(Entry(rel, item, digest))
-        ws.index.save_files(fresh, [])  # as we go: memory stays bounded
-        ws.index.save_fragments(rows)
-    removed = [p for p in cache if p not in stats]
+        index.save_files(fresh, [])  # as we go: memory stays bounded
+        index.save_fragments(rows)
+        add(entries, [r[0] for r in parsed])
     if removed:
-        ws.index.save_files([], removed)
-        ws.index.save_fragments([], removed)
-    return entries, broken
+        index.save_files([], removed)
+        index.save_fragments([], removed)
+        index.replace_members(removed, [])
+    if dirty:  # listed by another source now (or no longer): its source feeds change
+        add([e for e in _decode(index.file_entries(dirty)) if not e.item.extra.get("draft")],
+            sorted(dirty))
+    return sync
+
+
+def _decode(rows: Iterable[tuple[str, str, str | None]]) -> Iterator[Entry]:
+    for path, digest, meta in rows:
+        if meta:
+            yield Entry(path, _item_from_json(meta), digest or "")
 
 
 def refresh_fragments(ws: Workspace, entries: Iterable[Entry], source_info: SourceInfo
@@ -265,7 +297,7 @@ def refresh_fragments(ws: Workspace, entries: Iterable[Entry], source_info: Sour
     paths of items that cannot be built at all come back."""
     entries = list(entries)
     base = ws.config.site.base_url
-    keys = ws.index.fragment_keys()
+    keys = ws.index.fragment_keys([e.path for e in entries])
     stale = [e for e in entries if keys.get(e.path) != fragment_key(e.item, base, source_info)]
     for start in range(0, len(stale), 4000):  # bounded: the HTML of 4,000 items at a time
         chunk = stale[start:start + 4000]
@@ -275,8 +307,8 @@ def refresh_fragments(ws: Workspace, entries: Iterable[Entry], source_info: Sour
                    for i in range(0, len(rows), PARSE_BATCH)]
         for built in _pool_map(_render_batch, batches):
             ws.index.save_fragments(built)
-    keys = ws.index.fragment_keys()
-    return {e.path for e in entries
+    keys = ws.index.fragment_keys([e.path for e in stale])
+    return {e.path for e in stale
             if keys.get(e.path) != fragment_key(e.item, base, source_info)}
 
 
@@ -291,55 +323,53 @@ def trailing_link(body: str) -> str | None:
 
 
 # -- group -------------------------------------------------------------------------------------
-def _sources_of(entry: Entry, extra: Mapping[str, list[str]]) -> list[str]:
+def _sources_of(entry: Entry, listed: Sequence[str]) -> list[str]:
     out = list(entry.item.all_sources)
-    for s in extra.get(entry.path, []):
+    for s in listed:
         if s not in out:
             out.append(s)
     return out
 
 
-def group_feeds(config: Config, entries: Iterable[Entry], source_titles: Mapping[str, str],
-                listed_by: Mapping[str, list[str]]) -> dict[FeedSpec, list[Entry]]:
-    """Pure: which entries each feed holds (all of them; the caller keeps the newest)."""
+Group = tuple[str, str]  # (kind, slug): one feed
+
+
+def group_terms(terms: Iterable[tuple[str, str]], configured: Iterable[str]
+                ) -> tuple[dict[str, dict[str, str]], dict[Group, list[str]]]:
+    """Pure: every (kind, term) of the store -> the folder of each term per taxonomy, and
+    each feed's spellings. Folders are assigned per taxonomy over all its terms at once,
+    so a derived slug never lands in the folder of another term (slug.assign_slugs); a
+    source has a feed only while it is configured."""
+    by_kind: dict[str, list[str]] = defaultdict(list)
+    for kind, term in terms:
+        by_kind[kind].append(term)
+    configured = set(configured)
+    slugs = {"tag": assign_slugs(by_kind["tag"]),
+             "category": assign_slugs(by_kind["category"]),
+             "source": {t: term_slug(t) for t in by_kind["source"] if t in configured}}
+    groups: dict[Group, list[str]] = defaultdict(list)
+    groups[("all", "")] = [""]  # the site-wide feed exists even with no items
+    for kind, mapping in slugs.items():
+        for term, slug in mapping.items():
+            groups[(kind, slug)].append(term)
+    return slugs, {g: sorted(spellings) for g, spellings in groups.items()}
+
+
+def feed_spec(config: Config, kind: str, slug: str, name: str,
+              source_titles: Mapping[str, str]) -> FeedSpec:
     site = config.site
-    groups: dict[tuple[str, str], list[Entry]] = defaultdict(list)
-    names: dict[tuple[str, str], str] = {}
-    # Oldest first, not the store's directory-scan order (which differs between file
-    # systems): a term spelt two ways ('AI', 'ai') is named after its first item, the
-    # same on every machine and stable as new items arrive.
-    entries = sorted(entries, key=lambda e: (-e.sort_key[0], e.path))
-    groups[("all", "")] = list(entries)
-    configured = {s.id for s in config.sources}
-    # Folders are assigned per taxonomy over all its terms at once, so a derived slug
-    # never lands in the folder of another term (see slug.assign_slugs).
-    slugs = {"tag": assign_slugs(t for e in entries for t in e.item.tags),
-             "category": assign_slugs(t for e in entries for t in e.item.categories)}
-    for entry in entries:
-        for kind, terms in (("tag", entry.item.tags), ("category", entry.item.categories)):
-            for term in terms:
-                key = (kind, slugs[kind][term])
-                groups[key].append(entry)
-                names.setdefault(key, term)
-        for source_id in _sources_of(entry, listed_by):
-            if source_id in configured or source_titles.get(source_id):
-                key = ("source", term_slug(source_id))
-                groups[key].append(entry)
-                names.setdefault(key, source_id)
-    feeds: dict[FeedSpec, list[Entry]] = {}
-    for (kind, slug), members in groups.items():
-        term = names.get((kind, slug), "")
-        if kind == "all":
-            title = site.title
-        elif kind == "source":
-            title = f"{site.title} · {source_titles.get(term) or term}"
-        else:
-            title = f"{site.title} · {term}"
-        unique = {e.path: e for e in members}
-        spec = FeedSpec(kind=kind, term=xml_safe(term), slug=slug,  # type: ignore[arg-type]
-                        title=xml_safe(title))
-        feeds[spec] = sorted(unique.values(), key=lambda e: e.sort_key)
-    return feeds
+    if kind == "all":
+        title = site.title
+    elif kind == "source":
+        title = f"{site.title} · {source_titles.get(name) or name}"
+    else:
+        title = f"{site.title} · {name}"
+    return FeedSpec(kind=kind, term=xml_safe(name), slug=slug,  # type: ignore[arg-type]
+                    title=xml_safe(title))
+
+
+def _feed_key(kind: str, slug: str) -> str:
+    return FeedSpec(kind=kind, term="", slug=slug, title="").directory or "/"  # type: ignore[arg-type]
 
 
 # -- build (pure) --------------------------------------------------------------------------------
@@ -665,11 +695,15 @@ def source_info_of(ws: Workspace) -> dict[str, tuple[str, str]]:
     return info
 
 
+FeedRecord = tuple[str, str, str, str, int]  # signature, kind, slug, name, count
+
+
 def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
     """Write every feed whose items changed, plus index.html and feeds.opml."""
     from aggregator.frontpage import render_index_html, render_opml
 
     config = ws.config
+    index = ws.index
     output = config.output_dir
     result = PublishResult()
     with ws.write_lock.held():
@@ -678,37 +712,76 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
         # Cached parses hold dates read in site.timezone and URLs made absolute against
         # site.base_url: when either changes, the caches are rebuilt.
         settings = json.dumps([config.site.timezone, config.site.base_url])
-        if ws.index.meta("publish_settings") != settings:
-            ws.index.clear_publish_caches()
-            ws.index.set_meta("publish_settings", settings)
+        if index.meta("publish_settings") != settings:
+            index.clear_publish_caches()
+            index.set_meta("publish_settings", settings)
         info = source_info_of(ws)
         # Nothing changed since the last publish (no store file, no setting, every output
         # file still there): nothing to read, group or compare.
         scanned = sorted(ws.store.scan())
         fingerprint = _store_fingerprint(ws, info, scanned)
-        if only_if_changed and ws.index.meta("publish_fingerprint") == fingerprint:
-            done = json.loads(ws.index.meta("publish_summary") or "{}")
-            if done and _outputs_present(output, ws.index.output_signatures()):
+        records = index.feed_records()
+        if only_if_changed and index.meta("publish_fingerprint") == fingerprint:
+            done = json.loads(index.meta("publish_summary") or "{}")
+            if done and _outputs_present(output, records):
                 result.feeds, result.items = done["feeds"], done["items"]
                 result.unchanged = done["files"]
                 return result
-        entries, result.broken = load_entries(ws, info, scanned)
-        result.items = len(entries)
+        # Only the feeds a change touched are regrouped, unless what every feed depends
+        # on changed (or the last publish did not finish: then what it touched is lost).
+        feed_settings = json.dumps([__version__, repr(config.site), config.defaults.keep_items,
+                                    config.defaults.interval.total_seconds(),
+                                    sorted(info.items())], ensure_ascii=False)
+        whole = not only_if_changed or index.meta("publish_state") != feed_settings
+        index.set_meta("publish_state", "")
+        sync = sync_store(ws, info, scanned)
+        result.broken = [StoreError(error, path=path) for path, error in index.broken_files()]
+        slugs, groups = group_terms(index.distinct_terms(), info)
+        old_slugs = json.loads(index.meta("publish_slugs") or "{}")
         titles = {k: v[0] for k, v in info.items()}
-        listed_by = ws.index.listed_by()
-        feeds = group_feeds(config, entries, titles, listed_by)
+
+        # Which feeds to look at again: those holding a changed file, those whose terms
+        # moved folder, those that failed or lost a file last time; or all of them.
+        if whole:
+            todo = set(groups) | {(k, slug) for _, k, slug, _, _ in records.values()}
+        else:
+            todo = {(k, slug) for sig, k, slug, _, _ in records.values()
+                    if sig == "failed" or not _feed_present(output, _feed_key(k, slug))}
+            for kind, term in sync.touched:
+                if kind == "all":
+                    todo.add(("all", ""))
+                    continue
+                if term in slugs.get(kind, {}):  # a term that left or moved: see below
+                    todo.add((kind, slugs[kind][term]))
+            for kind in ("tag", "category", "source"):
+                new, old = slugs[kind], old_slugs.get(kind, {})
+                for term in new.keys() | old.keys():
+                    if new.get(term) != old.get(term):
+                        todo.update((kind, m[term]) for m in (new, old) if term in m)
+
         keep = config.defaults.keep_items
-        old_signatures = ws.index.output_signatures()
-        new_signatures: dict[str, str] = {}
-        counts: dict[FeedSpec, int] = {spec: len(members) for spec, members in feeds.items()}
+        new_records: dict[str, FeedRecord] = {}
+        stale: list[str] = []
+        planned: list[tuple[str, FeedSpec, list[str], int]] = []
+        for kind, slug in sorted(todo):
+            key = _feed_key(kind, slug)
+            spellings = groups.get((kind, slug))
+            if not spellings:
+                if key in records:
+                    stale.append(key)
+                continue
+            name = "" if kind == "all" else index.feed_name(kind, spellings)
+            spec = feed_spec(config, kind, slug, name, titles)
+            planned.append((key, spec, index.feed_paths(kind, spellings, keep),
+                            index.feed_count(kind, spellings)))
+        entries = _entries(ws, sync.entries, {p for *_, paths, _ in planned for p in paths})
         rebuild: list[tuple[FeedSpec, list[Entry]]] = []
-        for spec, members in sorted(feeds.items(), key=lambda kv: (kv[0].kind, kv[0].slug)):
-            newest = members[:keep]
-            key = spec.directory or "/"
+        for key, spec, paths, count in planned:
+            newest = [entries[p] for p in paths if p in entries]
             sig = signature(config, spec, newest, info)
-            new_signatures[key] = sig
-            present = all((output / spec.directory / n).is_file() for n in FEED_FILES)
-            if only_if_changed and old_signatures.get(key) == sig and present:
+            new_records[key] = (sig, spec.kind, spec.slug, spec.term, count)
+            old = records.get(key)
+            if only_if_changed and old and old[0] == sig and _feed_present(output, key):
                 result.unchanged += len(FEED_FILES)
             else:
                 rebuild.append((spec, newest))
@@ -719,14 +792,15 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
         for spec, newest in rebuild:
             newest = [e for e in newest if e.path not in unbuildable]
             key = spec.directory or "/"
-            stored = ws.index.fragments([e.path for e in newest])
+            stored = index.fragments([e.path for e in newest])
             try:
                 fragments = {p: Fragments(*stored[p]) for p in (e.path for e in newest)}
                 files = build_feeds(config, spec, newest, fragments)
             except (PublishError, KeyError) as e:  # one bad feed must not stop the others
                 log.error("%s: cannot build: %s", key, e)
                 result.failed.append(f"{key}: {e}")
-                new_signatures[key] = "failed"  # kept (not removed as stale), retried next time
+                sig, *rest = new_records[key]
+                new_records[key] = ("failed", *rest)  # kept, and retried next time
                 continue
             changed = False
             for name, data in files.items():
@@ -740,27 +814,54 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
                 result.changed_feeds.append(key)
                 result.changed_urls.extend(feed_url(config.site.base_url, spec, n)
                                            for n in FEED_FILES)
-        result.feeds = len(feeds)
-        stale = [k for k in old_signatures if k not in new_signatures]
         for key in stale:
             result.removed += _remove_feed(output, key)
-        for name, data in (("index.html", render_index_html(config, feeds, counts, entries)),
-                           ("feeds.opml", render_opml(config, feeds))):
+        index.save_feed_records(new_records, stale)
+        index.set_meta("publish_slugs", json.dumps(slugs, ensure_ascii=False))
+
+        # The front page and OPML list every feed: those not looked at are as recorded.
+        counts: dict[FeedSpec, int] = {}
+        for key, (_, kind, slug, name, count) in {**records, **new_records}.items():
+            if key not in stale:
+                counts[feed_spec(config, kind, slug, name, titles)] = count
+        result.feeds = len(counts)
+        result.items = next(n for s, n in counts.items() if s.kind == "all")
+        result.unchanged += (len(counts) - len(planned)) * len(FEED_FILES)  # not looked at
+        latest_paths = index.feed_paths("all", [""], LATEST_ON_PAGE)
+        latest = _entries(ws, sync.entries, set(latest_paths))
+        page = render_index_html(config, counts, [latest[p] for p in latest_paths if p in latest],
+                                 slugs["tag"])
+        for name, data in (("index.html", page), ("feeds.opml", render_opml(config, counts))):
             if write_if_changed(output, name, data):
                 result.written += 1
             else:
                 result.unchanged += 1
-        ws.index.save_output_signatures(new_signatures, stale)
         clean = not result.broken and not result.failed
-        ws.index.set_meta("publish_fingerprint", fingerprint if clean else "")
-        ws.index.set_meta("publish_summary", json.dumps({
+        index.set_meta("publish_state", feed_settings)
+        index.set_meta("publish_fingerprint", fingerprint if clean else "")
+        index.set_meta("publish_summary", json.dumps({
             "feeds": result.feeds, "items": result.items,
-            "files": len(new_signatures) * len(FEED_FILES) + 2}))
+            "files": len(counts) * len(FEED_FILES) + 2}))
     if config.site.websub_hub and result.changed_urls:
         from aggregator.websub import ping_hub
 
         ping_hub(config.site.websub_hub, result.changed_urls)
     return result
+
+
+LATEST_ON_PAGE = 30
+
+
+def _entries(ws: Workspace, known: Mapping[str, Entry], paths: set[str]) -> dict[str, Entry]:
+    """The entries of ``paths``: those sync_store read, the others decoded from the cache."""
+    out = {p: known[p] for p in paths if p in known}
+    out.update((e.path, e) for e in _decode(ws.index.file_entries(paths.difference(out))))
+    return out
+
+
+def _feed_present(output: Path, key: str) -> bool:
+    folder = os.path.join(output, key.strip("/"))
+    return all(os.path.isfile(os.path.join(folder, name)) for name in FEED_FILES)
 
 
 def _store_fingerprint(ws: Workspace, info: SourceInfo,
@@ -776,13 +877,11 @@ def _store_fingerprint(ws: Workspace, info: SourceInfo,
     return h.hexdigest()
 
 
-def _outputs_present(output: Path, signatures: Mapping[str, str]) -> bool:
-    if not signatures:
+def _outputs_present(output: Path, records: Mapping[str, FeedRecord]) -> bool:
+    if not records:
         return False
-    names = [*FEED_FILES, "index.html", "feeds.opml"]
-    return all((output / (key.strip("/")) / name).is_file()
-               for key in signatures for name in FEED_FILES) and all(
-        (output / name).is_file() for name in names)
+    return all(_feed_present(output, key) for key in records) and all(
+        os.path.isfile(os.path.join(output, name)) for name in ("index.html", "feeds.opml"))
 
 
 def _remove_feed(output: Path, key: str) -> int:
