@@ -97,7 +97,7 @@ def main(ctx: click.Context, config_file: str | None, verbose: int, quiet: bool)
 
 
 def _open(ctx: Context):  # noqa: ANN202
-    from aggregator.pipeline import Workspace
+    from aggregator.workspace import Workspace
 
     return Workspace(ctx.config())
 

@@ -65,6 +65,7 @@ CREATE TABLE IF NOT EXISTS files (
     html TEXT,                  -- the body rendered to sanitized HTML
     error TEXT                  -- why the file is broken, if it is
 );
+CREATE INDEX IF NOT EXISTS files_broken ON files(path) WHERE error IS NOT NULL;
 CREATE TABLE IF NOT EXISTS fragments (
     path TEXT PRIMARY KEY,
     key TEXT NOT NULL,          -- what they were built with (version, base_url, source)
@@ -289,6 +290,13 @@ class Index:
                       for sid, state in self._query("SELECT id, state FROM sources")}
             return {**states, **(self._deferred or {})}
 
+    def source_titles(self) -> dict[str, str | None]:
+        """Per source: the title its feed gave (without decoding every whole state)."""
+        with self._lock:
+            titles = dict(self._query("SELECT id, json_extract(state, '$.title') FROM sources"))
+            titles.update((sid, state.title) for sid, state in (self._deferred or {}).items())
+            return titles
+
     def save_source_state(self, source_id: str, state: SourceState) -> None:
         with self._lock:
             if self._deferred is not None and self._depth == 0:
@@ -333,6 +341,15 @@ class Index:
         """(path, digest, meta JSON) of the given cached files that parsed."""
         return [r for chunk in _chunks(paths) for r in self._query(
             f"SELECT path, digest, meta FROM files WHERE path IN ({_marks(chunk)}) "
+            "AND meta IS NOT NULL AND error IS NULL", chunk)]
+
+    def file_members(self, paths: Iterable[str]
+                     ) -> list[tuple[str, str, str | None, str, str | None]]:
+        """(path, digest, source, date, lastmod) of the given cached files that parsed:
+        what a feed's signature and dates need, without decoding whole items."""
+        return [r for chunk in _chunks(paths) for r in self._query(
+            "SELECT path, digest, json_extract(meta, '$.source'), json_extract(meta, '$.date'), "
+            f"json_extract(meta, '$.lastmod') FROM files WHERE path IN ({_marks(chunk)}) "
             "AND meta IS NOT NULL AND error IS NULL", chunk)]
 
     def broken_files(self) -> list[tuple[str, str]]:
@@ -412,6 +429,9 @@ class Index:
         return [r[0] for r in rows]
 
     def feed_count(self, kind: str, terms: list[str]) -> int:
+        if len(terms) == 1:  # one row per (term, path): no DISTINCT needed
+            return self._query("SELECT count(*) FROM members WHERE kind = ? AND term = ?",
+                               [kind, *terms])[0][0]
         return self._query(f"SELECT count(DISTINCT path) FROM members WHERE kind = ? AND term "
                            f"IN ({_marks(terms)})", [kind, *terms])[0][0]
 

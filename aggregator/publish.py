@@ -23,6 +23,7 @@ import multiprocessing
 import os
 import re
 import shutil
+import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -42,9 +43,9 @@ from aggregator import __version__
 from aggregator.content import is_web_url, markdown_to_html
 from aggregator.errors import PublishError, StoreError
 from aggregator.model import Config, FeedSpec, Item
-from aggregator.pipeline import Workspace
 from aggregator.slug import assign_slugs, term_slug, url_segment
 from aggregator.store import file_hash, read_item, sweep_temp_files, write_atomic
+from aggregator.workspace import Workspace
 
 log = logging.getLogger("aggregator.publish")
 FEED_FILES = ("index.xml", "atom.xml", "feed.json")
@@ -83,6 +84,23 @@ class Entry:
     @cached_property  # sorted by often: every feed an entry is in
     def sort_key(self) -> tuple[float, str]:
         return (-self.item.date.timestamp(), self.path)
+
+
+@dataclass(frozen=True)
+class Member:
+    """A feed's item as its signature and its dates need it (the item's fragments hold
+    the rest): read from the cache without decoding the whole item."""
+
+    path: str
+    digest: str
+    source: str | None
+    date: datetime
+    lastmod: datetime | None
+
+    @staticmethod
+    def of(entry: Entry) -> Member:
+        return Member(entry.path, entry.digest, entry.item.source, entry.item.date,
+                      entry.item.lastmod)
 
 
 @dataclass
@@ -155,9 +173,10 @@ SourceInfo = Mapping[str, tuple[str, str]]
 FragmentRow = tuple[str, str, str, str, str]  # path, key, rss, atom, json
 
 
-def fragment_key(item: Item, base: str, source_info: SourceInfo) -> str:
-    """What an item's fragments depend on besides the file: if it changes, rebuild them."""
-    origin = source_info.get(item.source or "")
+def fragment_key(source: str | None, base: str, source_info: SourceInfo) -> str:
+    """What an item's fragments depend on besides the file (``source``: the item's): if
+    it changes, rebuild them."""
+    origin = source_info.get(source or "")
     return hashlib.sha1(json.dumps([__version__, base, origin], ensure_ascii=False)
                         .encode()).hexdigest()
 
@@ -165,7 +184,7 @@ def fragment_key(item: Item, base: str, source_info: SourceInfo) -> str:
 def _fragment_rows(entries: list[Entry], html: Mapping[str, str], base: str,
                    source_info: SourceInfo) -> list[FragmentRow]:
     built = render_fragments(entries, html, base, source_info)
-    return [(e.path, fragment_key(e.item, base, source_info), built[e.path].rss,
+    return [(e.path, fragment_key(e.item.source, base, source_info), built[e.path].rss,
              built[e.path].atom, built[e.path].json) for e in entries if e.path in built]
 
 
@@ -291,25 +310,31 @@ def _decode(rows: Iterable[tuple[str, str, str | None]]) -> Iterator[Entry]:
             yield Entry(path, _item_from_json(meta), digest or "")
 
 
-def refresh_fragments(ws: Workspace, entries: Iterable[Entry], source_info: SourceInfo
+def refresh_fragments(ws: Workspace, members: Iterable[Member], source_info: SourceInfo
                       ) -> set[str]:
     """Rebuild the fragments that are missing or were built with other settings; the
     paths of items that cannot be built at all come back."""
-    entries = list(entries)
+    members = list(members)
     base = ws.config.site.base_url
-    keys = ws.index.fragment_keys([e.path for e in entries])
-    stale = [e for e in entries if keys.get(e.path) != fragment_key(e.item, base, source_info)]
+    keys = ws.index.fragment_keys([m.path for m in members])
+    wanted: dict[str | None, str] = {}  # per source: thousands of members, a few sources
+
+    def key_of(m: Member) -> str:
+        if m.source not in wanted:
+            wanted[m.source] = fragment_key(m.source, base, source_info)
+        return wanted[m.source]
+
+    stale = [m for m in members if keys.get(m.path) != key_of(m)]
     for start in range(0, len(stale), 4000):  # bounded: the HTML of 4,000 items at a time
-        chunk = stale[start:start + 4000]
+        chunk = list(_decode(ws.index.file_entries([m.path for m in stale[start:start + 4000]])))
         html = ws.index.rendered_html([e.path for e in chunk])
         rows = [(e.path, _item_to_json(e.item), e.digest, html.get(e.path, "")) for e in chunk]
         batches = [(rows[i:i + PARSE_BATCH], base, dict(source_info))
                    for i in range(0, len(rows), PARSE_BATCH)]
         for built in _pool_map(_render_batch, batches):
             ws.index.save_fragments(built)
-    keys = ws.index.fragment_keys([e.path for e in stale])
-    return {e.path for e in stale
-            if keys.get(e.path) != fragment_key(e.item, base, source_info)}
+    keys = ws.index.fragment_keys([m.path for m in stale])
+    return {m.path for m in stale if keys.get(m.path) != key_of(m)}
 
 
 _TRAILING_LINK = re.compile(r"\[[^\]\n]*\]\(<?(https?://[^\s)>]+)>?\)\s*$")
@@ -546,15 +571,15 @@ def render_fragments(entries: list[Entry], html: Mapping[str, str], base: str,
     return out
 
 
-def build_feeds(config: Config, spec: FeedSpec, entries: list[Entry],
+def build_feeds(config: Config, spec: FeedSpec, entries: list[Member],
                 fragments: Mapping[str, Fragments]) -> dict[str, bytes]:
     """Pure: the three files of one feed, its items spliced in from their fragments."""
     site = config.site
     base = site.base_url
     rss_url, atom_url, json_url = (feed_url(base, spec, n) for n in FEED_FILES)
     home = base if spec.kind == "all" else feed_url(base, spec, "")
-    updated = max((e.item.lastmod or e.item.date for e in entries), default=EPOCH)
-    updated = max(updated, max((e.item.date for e in entries), default=EPOCH))
+    updated = max((e.lastmod or e.date for e in entries), default=EPOCH)
+    updated = max(updated, max((e.date for e in entries), default=EPOCH))
 
     fg = _new_generator()
     fg.id(atom_url)
@@ -632,7 +657,7 @@ def _json_item(item: Item, guid: str, body: str) -> dict[str, Any]:
     return out
 
 
-def signature(config: Config, spec: FeedSpec, entries: list[Entry],
+def signature(config: Config, spec: FeedSpec, entries: list[Member],
               source_info: Mapping[str, tuple[str, str]]) -> str:
     """Everything a feed's bytes depend on; equal signatures mean equal files."""
     h = hashlib.sha256()
@@ -643,8 +668,8 @@ def signature(config: Config, spec: FeedSpec, entries: list[Entry],
                         ensure_ascii=False).encode())
     for e in entries:
         h.update(f"\x00{e.path}\x00{e.digest}".encode("utf-8", "surrogatepass"))
-        if e.item.source in source_info:
-            h.update(_info_bytes(source_info[e.item.source]))
+        if e.source in source_info:
+            h.update(_info_bytes(source_info[e.source]))
     return h.hexdigest()
 
 
@@ -684,12 +709,11 @@ def write_if_changed(output: Path, relative: str, data: bytes) -> bool:
 
 def source_info_of(ws: Workspace) -> dict[str, tuple[str, str]]:
     """Per source id: (title, the URL that names it in <source>)."""
-    states = ws.index.all_source_states()
+    titles = ws.index.source_titles()
     base = ws.config.site.base_url
     info = {}
     for s in ws.config.sources:
-        state = states.get(s.id)
-        title = s.title or (state.title if state else None) or s.id
+        title = s.title or titles.get(s.id) or s.id
         url = s.url if is_web_url(s.url) else f"{base}sources/{url_segment(term_slug(s.id))}/index.xml"
         info[s.id] = (title, url)
     return info
@@ -707,6 +731,7 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
     output = config.output_dir
     result = PublishResult()
     with ws.write_lock.held():
+        lap = _Laps()
         output.mkdir(parents=True, exist_ok=True)
         sweep_temp_files(output / OUTPUT_TMP)
         # Cached parses hold dates read in site.timezone and URLs made absolute against
@@ -718,6 +743,7 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
         info = source_info_of(ws)
         # Nothing changed since the last publish (no store file, no setting, every output
         # file still there): nothing to read, group or compare.
+        lap("settings")
         scanned = sorted(ws.store.scan())
         fingerprint = _store_fingerprint(ws, info, scanned)
         records = index.feed_records()
@@ -734,8 +760,10 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
                                     sorted(info.items())], ensure_ascii=False)
         whole = not only_if_changed or index.meta("publish_state") != feed_settings
         index.set_meta("publish_state", "")
+        lap("scan")
         sync = sync_store(ws, info, scanned)
         result.broken = [StoreError(error, path=path) for path, error in index.broken_files()]
+        lap("sync")
         slugs, groups = group_terms(index.distinct_terms(), info)
         old_slugs = json.loads(index.meta("publish_slugs") or "{}")
         titles = {k: v[0] for k, v in info.items()}
@@ -774,8 +802,9 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
             spec = feed_spec(config, kind, slug, name, titles)
             planned.append((key, spec, index.feed_paths(kind, spellings, keep),
                             index.feed_count(kind, spellings)))
-        entries = _entries(ws, sync.entries, {p for *_, paths, _ in planned for p in paths})
-        rebuild: list[tuple[FeedSpec, list[Entry]]] = []
+        lap("plan")
+        entries = _members(ws, sync.entries, {p for *_, paths, _ in planned for p in paths})
+        rebuild: list[tuple[FeedSpec, list[Member]]] = []
         for key, spec, paths, count in planned:
             newest = [entries[p] for p in paths if p in entries]
             sig = signature(config, spec, newest, info)
@@ -786,6 +815,7 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
             else:
                 rebuild.append((spec, newest))
         needed = {e.path: e for _, newest in rebuild for e in newest}
+        lap("signatures")
         unbuildable = refresh_fragments(ws, needed.values(), info)
         for path in sorted(unbuildable):
             result.broken.append(StoreError("cannot be published (see the log)", path=path))
@@ -814,6 +844,7 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
                 result.changed_feeds.append(key)
                 result.changed_urls.extend(feed_url(config.site.base_url, spec, n)
                                            for n in FEED_FILES)
+        lap("build+write")
         for key in stale:
             result.removed += _remove_feed(output, key)
         index.save_feed_records(new_records, stale)
@@ -829,19 +860,35 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
         result.unchanged += (len(counts) - len(planned)) * len(FEED_FILES)  # not looked at
         latest_paths = index.feed_paths("all", [""], LATEST_ON_PAGE)
         latest = _entries(ws, sync.entries, set(latest_paths))
+        lap("records")
         page = render_index_html(config, counts, [latest[p] for p in latest_paths if p in latest],
                                  slugs["tag"])
-        for name, data in (("index.html", page), ("feeds.opml", render_opml(config, counts))):
-            if write_if_changed(output, name, data):
-                result.written += 1
-            else:
-                result.unchanged += 1
+        if write_if_changed(output, "index.html", page):
+            result.written += 1
+        else:
+            result.unchanged += 1
+        # The OPML lists the feeds, not their items: most publishes leave it as it was.
+        opml_key = hashlib.sha256(json.dumps(
+            [feed_settings, sorted((s.kind, s.slug, s.term, s.title) for s in counts)],
+            ensure_ascii=False).encode()).hexdigest()
+        if (index.meta("publish_opml") == opml_key
+                and os.path.isfile(os.path.join(output, "feeds.opml"))):
+            result.unchanged += 1
+        elif write_if_changed(output, "feeds.opml", render_opml(config, counts)):
+            result.written += 1
+        else:
+            result.unchanged += 1
+        index.set_meta("publish_opml", opml_key)
+        lap("front page")
         clean = not result.broken and not result.failed
         index.set_meta("publish_state", feed_settings)
         index.set_meta("publish_fingerprint", fingerprint if clean else "")
         index.set_meta("publish_summary", json.dumps({
             "feeds": result.feeds, "items": result.items,
             "files": len(counts) * len(FEED_FILES) + 2}))
+        lap("saved")
+        log.debug("publish: %d changed files, %d feeds looked at, %d rebuilt; %s",
+                  sync.changed, len(planned), len(rebuild), lap.summary())
     if config.site.websub_hub and result.changed_urls:
         from aggregator.websub import ping_hub
 
@@ -850,6 +897,32 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
 
 
 LATEST_ON_PAGE = 30
+
+
+class _Laps:
+    """Where a publish spends its time, for the debug log (-vv)."""
+
+    def __init__(self) -> None:
+        self._last = time.perf_counter()
+        self._laps: list[tuple[str, float]] = []
+
+    def __call__(self, name: str) -> None:
+        now = time.perf_counter()
+        self._laps.append((name, now - self._last))
+        self._last = now
+
+    def summary(self) -> str:
+        return ", ".join(f"{name} {seconds:.3f} s" for name, seconds in self._laps)
+
+
+def _members(ws: Workspace, known: Mapping[str, Entry], paths: set[str]) -> dict[str, Member]:
+    """The members of ``paths``: from what sync_store read, else from the cache."""
+    out = {p: Member.of(known[p]) for p in paths if p in known}
+    out.update((path, Member(path, digest or "", source, datetime.fromisoformat(date),
+                             datetime.fromisoformat(lastmod) if lastmod else None))
+               for path, digest, source, date, lastmod
+               in ws.index.file_members(paths.difference(out)))
+    return out
 
 
 def _entries(ws: Workspace, known: Mapping[str, Entry], paths: set[str]) -> dict[str, Entry]:
