@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
 from datetime import timedelta
 from pathlib import Path
@@ -17,8 +18,6 @@ from urllib.parse import unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import yaml
-from ruamel.yaml import YAML
-from ruamel.yaml.error import MarkedYAMLError, YAMLError
 
 from aggregator.errors import ConfigError
 from aggregator.model import Config, Defaults, Site, Source, freeze
@@ -120,7 +119,16 @@ def load_config(path: str | os.PathLike[str]) -> Config:
     return validate(parse_yaml(text, path), path)
 
 
+_RUAMEL_LOCK = threading.Lock()
+
+
 def parse_yaml(text: str, path: Path) -> Any:
+    # Imported when needed: the libyaml path reads nearly every feeds.yaml without it.
+    # One thread at a time: a daemon reloads its config in another thread, and first
+    # imports of one package in two threads at once can deadlock (_DeadlockError).
+    with _RUAMEL_LOCK:
+        from ruamel.yaml import YAML
+        from ruamel.yaml.error import MarkedYAMLError, YAMLError
     try:
         return YAML(typ="rt").load(text)
     except MarkedYAMLError as e:

@@ -33,7 +33,7 @@ from aggregator.errors import ConfigError
 from aggregator.fetch import Fetcher
 from aggregator.lock import DaemonLock
 from aggregator.model import Config, Source
-from aggregator.pipeline import Workspace, fetch_stage, store_stage
+from aggregator.pipeline import Workspace, fetch_stage, parser_chain, store_stage
 from aggregator.schedule import next_poll_at
 from aggregator.store import Store, sweep_temp_files
 
@@ -86,6 +86,7 @@ class Daemon:
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self) -> None:
+        parser_chain()  # now, in this thread: the scheduler's threads only use it
         with self.ws.write_lock.held():  # leftovers of a daemon killed with -9
             sweep_temp_files(self.ws.store.tmp_dir)
         self.publish()

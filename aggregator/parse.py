@@ -22,6 +22,7 @@ from urllib.parse import urljoin
 
 # At the top, never inside a function: fetch threads parse, and feedparser's modules
 # imported for the first time by two threads at once can deadlock (_DeadlockError).
+# This module itself is imported under one lock (pipeline.parser_chain).
 import feedparser
 
 from aggregator.content import absolute_url, first_image, plain_text

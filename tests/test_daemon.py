@@ -204,14 +204,15 @@ def test_an_internal_error_does_not_make_the_daemon_hammer_a_source(
     config = write_config(tmp_path, [
         {"id": "control", "url": feed_server.url("/control.xml"), "interval": "1s"},
         {"id": "buggy", "url": feed_server.url("/buggy.xml"), "interval": "1s"}])
-    real_parse = pipeline.parse_feed
+    chain = pipeline.parser_chain()
+    real_parse = chain.parse_feed
 
     def parse_with_a_bug(body: bytes, headers: Any, url: str, source_id: str) -> Any:
         if source_id == "buggy":
             raise RuntimeError("a planted bug")
         return real_parse(body, headers, url, source_id)
 
-    monkeypatch.setattr(pipeline, "parse_feed", parse_with_a_bug)
+    monkeypatch.setattr(chain, "parse_feed", parse_with_a_bug)
     daemon = Daemon(config, load_config(config), workers=2)
     try:
         daemon.start()
