@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import multiprocessing
 import os
 import threading
 import time
@@ -65,6 +64,7 @@ from aggregator.store import (
     render_item,
     sweep_temp_files,
 )
+from aggregator.workers import worker_pool
 from aggregator.workspace import Workspace
 
 log = logging.getLogger("aggregator")
@@ -197,8 +197,7 @@ class _LazyPool:
         local: Future[Any] = Future()
         with self._lock:
             if self._pool is None:
-                self._pool = ProcessPoolExecutor(
-                    max_workers=self.workers, mp_context=multiprocessing.get_context("forkserver"))
+                self._pool = worker_pool(self.workers)
             self._forward(local, fn, args)
         return local
 

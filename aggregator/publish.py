@@ -19,14 +19,13 @@ import hashlib
 import html as html_lib
 import json
 import logging
-import multiprocessing
 import os
 import re
 import shutil
 import time
 from collections import defaultdict, deque
 from collections.abc import Iterable, Iterator, Mapping, Sequence
-from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from functools import cached_property, lru_cache
@@ -45,6 +44,7 @@ from aggregator.errors import PublishError, StoreError
 from aggregator.model import Config, FeedSpec, Item
 from aggregator.slug import assign_slugs, term_slug, url_segment
 from aggregator.store import file_hash, read_item, sweep_temp_files, write_atomic
+from aggregator.workers import worker_pool
 from aggregator.workspace import Workspace
 
 log = logging.getLogger("aggregator.publish")
@@ -220,8 +220,7 @@ def _pool_map(func: Any, batches: list[Any]) -> Iterator[Any]:
         return
     # Executor.map would submit every batch at once and hold every result the caller has
     # not taken yet (the HTML and fragments of a whole store): keep a small window.
-    with ProcessPoolExecutor(max_workers=workers,
-                             mp_context=multiprocessing.get_context("forkserver")) as pool:
+    with worker_pool(workers) as pool:
         window: deque[Future[Any]] = deque()
         todo = iter(batches)
         for batch in todo:

@@ -20,6 +20,7 @@ import random
 import signal
 import subprocess
 import sys
+import time
 from collections import Counter
 from datetime import UTC, datetime
 from pathlib import Path
@@ -138,9 +139,17 @@ def _check_sound(store: Path, output: Path, context: str) -> int:
     return len(items)
 
 
-def _run_and_kill(args: list[str], config: Path, delay: float) -> tuple[bool, bytes]:
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def _run_and_kill(args: list[str], config: Path, delay: float) -> tuple[bool, bytes, bool]:
     """Start `aggregator ARGS`; SIGKILL it after `delay` seconds unless it ended first.
-    Returns (killed, stderr)."""
+    Returns (killed, stderr, whether processes it started outlived it by 10 s)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "aggregator", "--config", str(config), "-q", *args],
         cwd=config.parent, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
@@ -150,15 +159,24 @@ def _run_and_kill(args: list[str], config: Path, delay: float) -> tuple[bool, by
         process.wait(timeout=delay)
     except subprocess.TimeoutExpired:
         process.send_signal(signal.SIGKILL)
+        process.wait(timeout=30)
         killed = True
     finally:
-        # Parse workers and the forkserver it left, all in the session it leads.
+        # What it left in the session it leads (parse workers, the forkserver,
+        # multiprocessing's resource tracker) must end on its own once its parent is
+        # gone (workers watch it); the tracker then unlinks the pool's semaphores. Only
+        # what is still there after 10 s is killed, and reported.
+        deadline = time.monotonic() + 10
+        while process.poll() is not None and _group_alive(process.pid) \
+                and time.monotonic() < deadline:
+            time.sleep(0.05)
+        outlived = _group_alive(process.pid)
         try:
             os.killpg(process.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
         _, stderr = process.communicate(timeout=30)
-    return killed, stderr
+    return killed, stderr, outlived
 
 
 @pytest.mark.timeout(420)
@@ -179,9 +197,10 @@ def test_kill_9_of_poll_publish_and_daemon_at_random_moments(tmp_path: Path) -> 
         if kind != "publish":
             corpus.step()  # new work for the next poll
         delay = rng.uniform(0.05, 1.5)
-        killed, stderr = _run_and_kill(commands[kind], config, delay)
+        killed, stderr, outlived = _run_and_kill(commands[kind], config, delay)
         context = f"seed {SEED}, round {rounds} ({kind}, {delay:.2f}s)"
         assert b"Traceback" not in stderr, (context, stderr.decode(errors="replace"))
+        assert not outlived, f"{context}: its worker processes outlived it"
         kills[kind] += killed
         _check_sound(store, output, context)
     assert all(kills[k] for k in commands), kills
