@@ -66,6 +66,10 @@ CREATE TABLE IF NOT EXISTS files (
     error TEXT                  -- why the file is broken, if it is
 );
 CREATE INDEX IF NOT EXISTS files_broken ON files(path) WHERE error IS NOT NULL;
+-- (path, mtime, size) without reading the rows, which hold each file's metadata and
+-- HTML: a publish compares all of them with the store (a table scan took 0.15 s of an
+-- incremental publish at 50,000 files).
+CREATE INDEX IF NOT EXISTS files_stat ON files(path, mtime_ns, size);
 CREATE TABLE IF NOT EXISTS fragments (
     path TEXT PRIMARY KEY,
     key TEXT NOT NULL,          -- what they were built with (version, base_url, source)
@@ -371,10 +375,13 @@ class Index:
         return dict(r for chunk in _chunks(paths) for r in self._query(
             f"SELECT path, key FROM fragments WHERE path IN ({_marks(chunk)})", chunk))
 
-    def fragments(self, paths: list[str]) -> dict[str, tuple[str, str, str]]:
+    def fragments(self, paths: list[str]) -> dict[str, tuple[bytes, bytes, bytes]]:
+        """path -> its RSS, Atom and JSON Feed fragments, UTF-8 (not decoded: they go
+        into files as they are)."""
         return {p: (rss, atom, js) for chunk in _chunks(paths) for p, rss, atom, js in
-                self._query("SELECT path, rss, atom, json FROM fragments "
-                            f"WHERE path IN ({_marks(chunk)})", chunk)}
+                self._query("SELECT path, CAST(rss AS BLOB), CAST(atom AS BLOB), "
+                            f"CAST(json AS BLOB) FROM fragments WHERE path IN "
+                            f"({_marks(chunk)})", chunk)}
 
     def save_fragments(self, rows: Iterable[tuple[str, str, str, str, str]],
                        removed: Iterable[str] = ()) -> None:
