@@ -363,19 +363,30 @@ def _sources_of(entry: Entry, listed: Sequence[str]) -> list[str]:
 Group = tuple[str, str]  # (kind, slug): one feed
 
 
-def group_terms(terms: Iterable[tuple[str, str]], configured: Iterable[str]
+def group_terms(terms: Iterable[tuple[str, str]], configured: Iterable[str],
+                previous: Mapping[str, Mapping[str, str]] | None = None
                 ) -> tuple[dict[str, dict[str, str]], dict[Group, list[str]]]:
     """Pure: every (kind, term) of the store -> the folder of each term per taxonomy, and
     each feed's spellings. Folders are assigned per taxonomy over all its terms at once,
     so a derived slug never lands in the folder of another term (slug.assign_slugs); a
-    source has a feed only while it is configured."""
-    by_kind: dict[str, list[str]] = defaultdict(list)
+    source has a feed only while it is configured. ``previous``: the folders this code
+    assigned last time; a taxonomy with the same terms keeps them without recomputing
+    (Hugo's slug of 2,000 tags, 0.04 s of a publish)."""
+    by_kind: dict[str, set[str]] = defaultdict(set)
     for kind, term in terms:
-        by_kind[kind].append(term)
-    configured = set(configured)
-    slugs = {"tag": assign_slugs(by_kind["tag"]),
-             "category": assign_slugs(by_kind["category"]),
-             "source": {t: term_slug(t) for t in by_kind["source"] if t in configured}}
+        by_kind[kind].add(term)
+    by_kind["source"] &= set(configured)
+    previous = previous or {}
+
+    def folders(kind: str) -> dict[str, str]:
+        before = previous.get(kind)
+        if before is not None and before.keys() == by_kind[kind]:
+            return dict(before)
+        if kind == "source":
+            return {t: term_slug(t) for t in by_kind[kind]}
+        return assign_slugs(by_kind[kind])
+
+    slugs = {kind: folders(kind) for kind in ("tag", "category", "source")}
     groups: dict[Group, list[str]] = defaultdict(list)
     groups[("all", "")] = [""]  # the site-wide feed exists even with no items
     for kind, mapping in slugs.items():
@@ -700,11 +711,11 @@ def _safe_output_path(output: Path, relative: str) -> Path:
 def write_if_changed(output: Path, relative: str, data: bytes) -> bool:
     target = _safe_output_path(output, relative)
     try:
-        if target.read_bytes() == data:
+        # Sizes first: a rebuilt feed nearly always changed size, and reading the old
+        # one back cost a tenth of an incremental publish (115 MB for 334 feeds).
+        if os.stat(target).st_size == len(data) and target.read_bytes() == data:
             return False
-    except FileNotFoundError:
-        pass
-    except OSError:
+    except OSError:  # missing or unreadable: written below
         pass
     try:
         write_atomic(target, data, output / OUTPUT_TMP)
@@ -770,8 +781,11 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
         sync = sync_store(ws, info, scanned)
         result.broken = [StoreError(error, path=path) for path, error in index.broken_files()]
         lap("sync")
-        slugs, groups = group_terms(index.distinct_terms(), info)
         old_slugs = json.loads(index.meta("publish_slugs") or "{}")
+        # The last folders are reused only when the settings (the version among them)
+        # are the same: another version may slug differently.
+        slugs, groups = group_terms(index.distinct_terms(), info,
+                                    None if whole else old_slugs)
         titles = {k: v[0] for k, v in info.items()}
 
         # Which feeds to look at again: those holding a changed file, those whose terms
