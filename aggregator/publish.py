@@ -952,9 +952,16 @@ def _entries(ws: Workspace, known: Mapping[str, Entry], paths: set[str]) -> dict
     return out
 
 
+_FEED_FILE_SET = frozenset(FEED_FILES)
+
+
 def _feed_present(output: Path, key: str) -> bool:
-    folder = os.path.join(output, key.strip("/"))
-    return all(os.path.isfile(os.path.join(folder, name)) for name in FEED_FILES)
+    """All three files of a feed are there (one directory read, not three stats: a
+    publish asks this of every feed, 4,500 of them in the bench's store)."""
+    try:
+        return _FEED_FILE_SET.issubset(os.listdir(os.path.join(output, key.strip("/"))))
+    except OSError:
+        return False
 
 
 def _store_fingerprint(ws: Workspace, info: SourceInfo,

@@ -178,3 +178,34 @@ def test_a_publish_that_dies_half_way_is_finished_by_the_next(
         monkeypatch.undo()
         publish(ws)
         assert _tree(config.output_dir) == _from_scratch(tmp_path, 0)
+
+
+@pytest.mark.parametrize("change_store", [False, True])
+def test_an_output_file_deleted_by_hand_comes_back(tmp_path: Path, change_store: bool) -> None:
+    """Whether the store is unchanged (the publish's early way out) or changed elsewhere
+    (only touched feeds are regrouped), a feed file missing from the output is rebuilt."""
+    rng = random.Random(7)
+    config = load_config(_config(tmp_path, "site"))
+    files: dict[str, Item] = {}
+    counter = [0]
+    with Workspace(config) as ws:
+        for _ in range(3):
+            _change(rng, tmp_path / "store", ws, files, counter, churn=0.0)
+        publish(ws)
+        before = _tree(config.output_dir)
+        victims = [name for name in before if name.startswith("tags/") and
+                   name.endswith("/atom.xml")][:2] + ["feed.json"]
+        assert len(victims) == 3
+        for name in victims:
+            (config.output_dir / name).unlink()
+        if change_store:  # a new item in a feed the deleted files are not in
+            counter[0] += 1
+            (tmp_path / "store" / "posts").mkdir(parents=True, exist_ok=True)
+            (tmp_path / "store" / "posts" / "late.md").write_text(render_item(replace(
+                _item(rng, counter[0]), tags=(), categories=(), source=None)), "utf-8")
+        publish(ws)
+        after = _tree(config.output_dir)
+    for name in victims:
+        assert name in after, name
+        if not change_store or name != "feed.json":
+            assert after[name] == before[name], name
