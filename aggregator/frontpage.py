@@ -61,19 +61,18 @@ def render_index_html(config: Config, counts: Mapping[FeedSpec, int], latest: Se
     """counts: every published feed and its items; latest: the newest items; tag_slugs:
     the folder of every tag (publish's, not term_slug alone)."""
     site = config.site
-    feeds = counts
     t = LABELS["zh" if site.language.lower().startswith("zh") else "en"]
-    all_spec = next(s for s in feeds if s.kind == "all")
+    all_spec = next(s for s in counts if s.kind == "all")
     groups = []
     for kind in ("category", "source", "tag"):
-        specs = sorted((s for s in feeds if s.kind == kind),
+        specs = sorted((s for s in counts if s.kind == kind),
                        key=lambda s: (-counts.get(s, 0), s.term.casefold(), s.slug))
         groups.append({"id": kind, "title": t[kind], "feeds": [
             {"name": _feed_name(site.title, s), "count": counts.get(s, 0), **_links(s)}
             for s in specs]})
     # An item names its source as the source's feed does (the configured title, else
     # the feed's own), and links to that feed only when one was published.
-    source_feeds = {s.term: s for s in feeds if s.kind == "source"}
+    source_feeds = {s.term: s for s in counts if s.kind == "source"}
     site_lang = site.language.casefold()
     items = []
     for e in sorted(latest, key=lambda e: e.sort_key)[:LATEST]:
@@ -98,7 +97,7 @@ def render_index_html(config: Config, counts: Mapping[FeedSpec, int], latest: Se
         })
     html = _env().get_template("index.html.j2").render(
         site=site, t=t, all_feed=_links(all_spec), all_count=counts[all_spec],
-        groups=groups, latest=items, item_count=counts[all_spec], feed_count=len(feeds),
+        groups=groups, latest=items, item_count=counts[all_spec], feed_count=len(counts),
         generator=f"aggregator {__version__}")
     return html.encode("utf-8")
 

@@ -787,25 +787,9 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
         slugs, groups = group_terms(index.distinct_terms(), info,
                                     None if whole else old_slugs)
         titles = {k: v[0] for k, v in info.items()}
-
-        # Which feeds to look at again: those holding a changed file, those whose terms
-        # moved folder, those that failed or lost a file last time; or all of them.
-        if whole:
-            todo = set(groups) | {(k, slug) for _, k, slug, _, _ in records.values()}
-        else:
-            todo = {(k, slug) for sig, k, slug, _, _ in records.values()
-                    if sig == "failed" or not _feed_present(output, _feed_key(k, slug))}
-            for kind, term in sync.touched:
-                if kind == "all":
-                    todo.add(("all", ""))
-                    continue
-                if term in slugs.get(kind, {}):  # a term that left or moved: see below
-                    todo.add((kind, slugs[kind][term]))
-            for kind in ("tag", "category", "source"):
-                new, old = slugs[kind], old_slugs.get(kind, {})
-                for term in new.keys() | old.keys():
-                    if new.get(term) != old.get(term):
-                        todo.update((kind, m[term]) for m in (new, old) if term in m)
+        missing = {key for key in records if not _feed_present(output, key)}
+        todo = feeds_to_revisit(whole, groups, records, missing, sync.touched, slugs,
+                                old_slugs)
 
         keep = config.defaults.keep_items
         new_records: dict[str, FeedRecord] = {}
@@ -830,7 +814,7 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
             sig = signature(config, spec, newest, info)
             new_records[key] = (sig, spec.kind, spec.slug, spec.term, count)
             old = records.get(key)
-            if only_if_changed and old and old[0] == sig and _feed_present(output, key):
+            if only_if_changed and old and old[0] == sig and key not in missing:
                 result.unchanged += len(FEED_FILES)
             else:
                 rebuild.append((spec, newest))
@@ -849,8 +833,7 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
             except (PublishError, KeyError) as e:  # one bad feed must not stop the others
                 log.error("%s: cannot build: %s", key, e)
                 result.failed.append(f"{key}: {e}")
-                sig, *rest = new_records[key]
-                new_records[key] = ("failed", *rest)  # kept, and retried next time
+                new_records[key] = ("failed", *new_records[key][1:])  # retried next time
                 continue
             changed = False
             for name, data in files.items():
@@ -917,6 +900,30 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
 
 
 LATEST_ON_PAGE = 30
+
+
+def feeds_to_revisit(whole: bool, groups: Mapping[Group, list[str]],
+                     records: Mapping[str, FeedRecord], missing: set[str],
+                     touched: Iterable[tuple[str, str]], slugs: Mapping[str, Mapping[str, str]],
+                     old_slugs: Mapping[str, Mapping[str, str]]) -> set[Group]:
+    """Pure: the feeds a publish looks at again. All of them when ``whole``; else those
+    holding a changed file (``touched``), those whose terms moved folder or left, and
+    those that failed or lost a file (``missing``) last time."""
+    if whole:
+        return set(groups) | {(kind, slug) for _, kind, slug, _, _ in records.values()}
+    todo = {(kind, slug) for key, (sig, kind, slug, _, _) in records.items()
+            if sig == "failed" or key in missing}
+    for kind, term in touched:
+        if kind == "all":
+            todo.add(("all", ""))
+        elif term in slugs.get(kind, {}):  # a term that left or moved: below
+            todo.add((kind, slugs[kind][term]))
+    for kind in ("tag", "category", "source"):
+        new, old = slugs.get(kind, {}), old_slugs.get(kind, {})
+        for term in new.keys() | old.keys():
+            if new.get(term) != old.get(term):
+                todo.update((kind, m[term]) for m in (new, old) if term in m)
+    return todo
 
 
 class _Laps:
