@@ -103,11 +103,10 @@ def digest(*parts: str) -> str:
     return h.hexdigest()
 
 
-_WS = re.compile(r"\s+")
-
-
 def _squash(text: str) -> str:
-    return _WS.sub(" ", text).strip()
+    r"""Whitespace collapsed: re.sub(r"\s+", " ", text).strip(), which the stored keys were
+    made with (both go by str.isspace()), several times faster."""
+    return " ".join(text.split())
 
 
 def entry_keys(source_id: str, entry_id: str | None, link: str | None, title: str,

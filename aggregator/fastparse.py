@@ -63,6 +63,8 @@ RSS1_ITEM = frozenset({
 RSS1_SINGLE = (f"{{{RSS1}}}title", f"{{{RSS1}}}link", f"{{{RSS1}}}description",
                f"{{{DC}}}date")
 
+_RSS, _FEED, _RDF = "rss", f"{{{ATOM}}}feed", f"{{{RDF}}}RDF"
+
 _PARSERS = threading.local()
 
 
@@ -90,18 +92,20 @@ def parse_fast(body: bytes, url: str) -> ParsedFeed | None:
     """ParsedFeed for a plain well-formed feed, else None (the caller falls back)."""
     if b"<!DOCTYPE" in body[:2048] or b"<!ENTITY" in body[:4096]:
         return None  # entities and DTDs: feedparser's territory
-    if _C1.search(body):
+    if (b"\xc2" in body or b"&#" in body) and _C1.search(body):  # `in`: memchr, not regex
         return None
     try:
         root = etree.fromstring(body, _parser())
     except (etree.XMLSyntaxError, ValueError, LookupError):
         return None
     try:
-        if root.tag == "rss":
+        if root.tag in (_RSS, _FEED, _RDF):
+            _check_no_base(root, body)
+        if root.tag == _RSS:
             return _rss2(root, url)
-        if root.tag == f"{{{ATOM}}}feed":
+        if root.tag == _FEED:
             return _atom(root, url)
-        if root.tag == f"{{{RDF}}}RDF":
+        if root.tag == _RDF:
             return _rss1(root, url)
     except _Unsupported:
         return None
@@ -125,9 +129,43 @@ def _first(parent: etree._Element, *tags: str) -> etree._Element | None:
     return None
 
 
+# The two forms nearly every feed uses, read directly: feedparser's _parse_date tries its
+# handlers one after another and was a quarter of reading an RSS item. Anything else, or
+# anything datetime() refuses, goes to feedparser, whose results these equal
+# (tests/test_fast_paths.py).
+_MONTHS = {m: i for i, m in enumerate(("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug",
+                                       "Sep", "Oct", "Nov", "Dec"), 1)}
+_RFC822 = re.compile(r"(?:(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun), )?(\d{1,2}) (" + "|".join(_MONTHS)
+                     + r") (\d{4}) (\d\d):(\d\d):(\d\d) (?:([+-])(\d\d)(\d\d)|GMT|UTC|UT|Z)")
+_W3DTF = re.compile(r"(\d{4})-(\d\d)-(\d\d)T(\d\d):(\d\d):(\d\d)(?:Z|([+-])(\d\d):(\d\d))")
+
+
+def _common_date(value: str) -> datetime | None:
+    if m := _RFC822.fullmatch(value):
+        day, month, year, hour, minute, second, sign, tzh, tzm = m.groups()
+        month = _MONTHS[month]
+    elif m := _W3DTF.fullmatch(value):
+        year, month, day, hour, minute, second, sign, tzh, tzm = m.groups()
+    else:
+        return None
+    if not 1900 <= int(year) <= 2999:  # feedparser's overflow handling stays its own
+        return None
+    try:
+        stamp = datetime(int(year), int(month), int(day), int(hour), int(minute), int(second),
+                         tzinfo=UTC)
+    except ValueError:
+        return None
+    if sign:
+        offset = timedelta(hours=int(tzh), minutes=int(tzm))
+        stamp = stamp - offset if sign == "+" else stamp + offset
+    return stamp
+
+
 def _date(value: str) -> datetime | None:
     if not value:
         return None
+    if (common := _common_date(value)) is not None:
+        return common
     parsed = _parse_date(value)
     if not parsed:
         return None
@@ -149,22 +187,46 @@ def _min_interval(channel: etree._Element) -> timedelta | None:
     return timedelta(seconds=min(max(seconds), MAX_FEED_INTERVAL)) if seconds else None
 
 
-def _check_no_base(root: etree._Element) -> None:
+def _check_no_base(root: etree._Element, body: bytes) -> None:
+    if b"xml:" not in body and b"XML/1998" not in body and _ascii_compatible(body):
+        return  # no xml:base or xml:lang anywhere ("xml" is the one prefix of that namespace)
     for node in root.iter():
         if XML_BASE in node.attrib or (XML_LANG in node.attrib and node is not root):
             raise _Unsupported("xml:base or a nested xml:lang")
 
 
-def _check_children(item: etree._Element, allowed: frozenset[str], single: tuple[str, ...]) -> None:
-    seen: set[str] = set()
+def _ascii_compatible(body: bytes) -> bool:
+    """Whether ASCII text is in body as ASCII bytes (UTF-8, GBK, Big5...; not UTF-16/32),
+    so that a search of the bytes for markup finds all of it."""
+    head = body[:4]
+    return b"\x00" not in head and not head.startswith((b"\xfe\xff", b"\xff\xfe"))
+
+
+_NO_CHILD = (None,)
+
+
+def _children(item: etree._Element, allowed: frozenset[str],
+              single: tuple[str, ...]) -> dict[str, list[etree._Element]]:
+    """item's children by tag, in order; _Unsupported for any not allowed, or a single one
+    twice. One pass over the children: a find() per field cost more than the rest of
+    reading an entry."""
+    children: dict[str, list[etree._Element]] = {}
     for child in item:
         tag = child.tag
-        if not isinstance(tag, str) or tag not in allowed:
+        if tag.__class__ is not str or tag not in allowed:
             raise _Unsupported(f"unexpected element {tag!r}")
-        if tag in single:
-            if tag in seen:
-                raise _Unsupported(f"{tag} twice")
-            seen.add(tag)
+        same = children.get(tag)
+        if same is None:
+            children[tag] = [child]
+        elif tag in single:
+            raise _Unsupported(f"{tag} twice")
+        else:
+            same.append(child)
+    return children
+
+
+def _child(children: dict[str, list[etree._Element]], tag: str) -> etree._Element | None:
+    return children.get(tag, _NO_CHILD)[0]  # type: ignore[return-value]
 
 
 def _html(node: etree._Element | None) -> str:
@@ -203,7 +265,6 @@ def _rss2(root: etree._Element, url: str) -> ParsedFeed:
     channel = root.find("channel")
     if channel is None:
         raise _Unsupported("no channel")
-    _check_no_base(root)
     feed_link = absolute_url(_text(channel.find("link")), url)
     base = feed_link or url
     entries = tuple(_rss2_item(item, base) for item in channel.iterfind("item"))
@@ -219,21 +280,23 @@ def _rss2(root: etree._Element, url: str) -> ParsedFeed:
 
 
 def _rss2_item(item: etree._Element, feed_base: str) -> Entry:
-    _check_children(item, RSS2_ITEM, RSS2_SINGLE)
-    guid_node = item.find("guid")
+    children = _children(item, RSS2_ITEM, RSS2_SINGLE)
+    guid_node = _child(children, "guid")
     guid = _text(guid_node) or None
-    link = absolute_url(_text(item.find("link")), feed_base)
+    link = absolute_url(_text(_child(children, "link")), feed_base)
     if link is None and guid and (guid_node.get("isPermaLink", "true").lower() == "true"):
         link = absolute_url(guid, None)  # feedparser does the same for permalink guids
-    description = _html(item.find("description"))
-    encoded = _html(item.find(f"{{{CONTENT}}}encoded"))
+    description = _html(_child(children, "description"))
+    encoded = _html(_child(children, f"{{{CONTENT}}}encoded"))
     content = encoded or description
     base = link or feed_base
-    date = _date(_text(item.find("pubDate"))) or _date(_text(item.find(f"{{{DC}}}date")))
-    author = _text(item.find(f"{{{DC}}}creator")) or _author_name(_text(item.find("author")))
+    date = (_date(_text(_child(children, "pubDate")))
+            or _date(_text(_child(children, f"{{{DC}}}date"))))
+    author = (_text(_child(children, f"{{{DC}}}creator"))
+              or _author_name(_text(_child(children, "author"))))
     thumbnail = _media_thumbnail(item, base)
     if thumbnail is None:
-        for enclosure in item.iterfind("enclosure"):
+        for enclosure in children.get("enclosure", ()):
             if (enclosure.get("type") or "").startswith("image/"):
                 thumbnail = absolute_url(enclosure.get("url"), base)
                 if thumbnail:
@@ -241,14 +304,14 @@ def _rss2_item(item: etree._Element, feed_base: str) -> Entry:
     return Entry(
         entry_id=guid,
         link=link,
-        title=" ".join(plain_text(_text(item.find("title"))).split()),
+        title=" ".join(plain_text(_text(_child(children, "title"))).split()),
         content_html=content,
         summary_html=description if encoded else "",
         published=date,
         updated=None,
         author=plain_text(author) or None,
-        categories=_categories([_text(c) for c in item.iterfind("category")]
-                               + [_text(c) for c in item.iterfind(f"{{{DC}}}subject")]),
+        categories=_categories([_text(c) for c in children.get("category", ())]
+                               + [_text(c) for c in children.get(f"{{{DC}}}subject", ())]),
         thumbnail=thumbnail or absolute_url(first_image(content), base),
         base_url=base,
     )
@@ -286,7 +349,6 @@ def _atom_text(node: etree._Element | None) -> tuple[str, bool]:
 
 
 def _atom(root: etree._Element, url: str) -> ParsedFeed:
-    _check_no_base(root)
     feed_link = _atom_link(root, url)
     base = feed_link or url
     entries = tuple(_atom_entry(e, base) for e in root.iterfind(f"{{{ATOM}}}entry"))
@@ -307,12 +369,12 @@ def _atom_link(node: etree._Element, base: str) -> str | None:
 
 
 def _atom_entry(entry: etree._Element, feed_base: str) -> Entry:
-    _check_children(entry, ATOM_ENTRY, ATOM_SINGLE)
+    children = _children(entry, ATOM_ENTRY, ATOM_SINGLE)
     link = _atom_link(entry, feed_base)
     base = link or feed_base
-    title, title_html = _atom_text(entry.find(f"{{{ATOM}}}title"))
-    summary, summary_html = _atom_text(entry.find(f"{{{ATOM}}}summary"))
-    content_node = entry.find(f"{{{ATOM}}}content")
+    title, title_html = _atom_text(_child(children, f"{{{ATOM}}}title"))
+    summary, summary_html = _atom_text(_child(children, f"{{{ATOM}}}summary"))
+    content_node = _child(children, f"{{{ATOM}}}content")
     if content_node is not None and content_node.get("src"):
         raise _Unsupported("out-of-line content")
     content, content_html = _atom_text(content_node)
@@ -323,7 +385,7 @@ def _atom_entry(entry: etree._Element, feed_base: str) -> Entry:
     body = content or summary
     author = entry.find(f"{{{ATOM}}}author/{{{ATOM}}}name")
     categories = []
-    for cat in entry.iterfind(f"{{{ATOM}}}category"):
+    for cat in children.get(f"{{{ATOM}}}category", ()):
         term, label = (cat.get("term") or "").strip(), (cat.get("label") or "").strip()
         categories.append(label if label and (not term or "://" in term) else term)
     thumbnail = _media_thumbnail(entry, base)
@@ -334,13 +396,13 @@ def _atom_entry(entry: etree._Element, feed_base: str) -> Entry:
                 if thumbnail:
                     break
     return Entry(
-        entry_id=_text(entry.find(f"{{{ATOM}}}id")) or None,
+        entry_id=_text(_child(children, f"{{{ATOM}}}id")) or None,
         link=link,
         title=plain_text(title) if title_html else " ".join(title.split()),
         content_html=body,
         summary_html=summary if content else "",
-        published=_date(_text(entry.find(f"{{{ATOM}}}published"))),
-        updated=_date(_text(entry.find(f"{{{ATOM}}}updated"))),
+        published=_date(_text(_child(children, f"{{{ATOM}}}published"))),
+        updated=_date(_text(_child(children, f"{{{ATOM}}}updated"))),
         author=plain_text(_text(author)) or None,
         categories=_categories(categories),
         thumbnail=thumbnail or absolute_url(first_image(body), base),
@@ -350,7 +412,6 @@ def _atom_entry(entry: etree._Element, feed_base: str) -> Entry:
 
 # -- RSS 1.0 -------------------------------------------------------------------------------
 def _rss1(root: etree._Element, url: str) -> ParsedFeed:
-    _check_no_base(root)
     channel = root.find(f"{{{RSS1}}}channel")
     if channel is None:
         raise _Unsupported("RDF without an RSS 1.0 channel")
@@ -367,23 +428,23 @@ def _rss1(root: etree._Element, url: str) -> ParsedFeed:
 
 
 def _rss1_item(item: etree._Element, feed_base: str) -> Entry:
-    _check_children(item, RSS1_ITEM, RSS1_SINGLE)
-    link = absolute_url(_text(item.find(f"{{{RSS1}}}link")), feed_base)
+    children = _children(item, RSS1_ITEM, RSS1_SINGLE)
+    link = absolute_url(_text(_child(children, f"{{{RSS1}}}link")), feed_base)
     about = item.get(f"{{{RDF}}}about")
-    description = _html(item.find(f"{{{RSS1}}}description"))
-    encoded = _html(item.find(f"{{{CONTENT}}}encoded"))
+    description = _html(_child(children, f"{{{RSS1}}}description"))
+    encoded = _html(_child(children, f"{{{CONTENT}}}encoded"))
     content = encoded or description
     base = link or feed_base
     return Entry(
         entry_id=about or None,
         link=link or absolute_url(about, None),
-        title=" ".join(plain_text(_text(item.find(f"{{{RSS1}}}title"))).split()),
+        title=" ".join(plain_text(_text(_child(children, f"{{{RSS1}}}title"))).split()),
         content_html=content,
         summary_html=description if encoded else "",
         published=None,
-        updated=_date(_text(item.find(f"{{{DC}}}date"))),
-        author=plain_text(_text(item.find(f"{{{DC}}}creator"))) or None,
-        categories=_categories([_text(c) for c in item.iterfind(f"{{{DC}}}subject")]),
+        updated=_date(_text(_child(children, f"{{{DC}}}date"))),
+        author=plain_text(_text(_child(children, f"{{{DC}}}creator"))) or None,
+        categories=_categories([_text(c) for c in children.get(f"{{{DC}}}subject", ())]),
         thumbnail=_media_thumbnail(item, base) or absolute_url(first_image(content), base),
         base_url=base,
     )

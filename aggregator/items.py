@@ -6,6 +6,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timedelta
+from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
@@ -102,6 +103,7 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
     )
 
 
+@lru_cache(maxsize=65536)  # a feed's terms come again and again (every item, every poll)
 def hugo_safe_term(term: str) -> bool:
     """False for a feed's category that Hugo cannot build ('..', '../../etc', '///'):
     Hugo fails on it or writes outside tags/, so the store never holds it. Terms Hugo
@@ -112,11 +114,17 @@ def hugo_safe_term(term: str) -> bool:
 
 def _scrubbed(entry: Entry) -> Entry:
     """The entry with lone surrogates (from JSON escapes) replaced: a file holds only UTF-8."""
-    texts = {name: scrub_surrogates(value) for name in (
-        "entry_id", "link", "title", "content_html", "summary_html", "author", "thumbnail",
-        "base_url") if isinstance(value := getattr(entry, name), str)}
-    return replace(entry, categories=tuple(scrub_surrogates(c) for c in entry.categories),
-                   **texts)
+    texts = {name: scrubbed for name in _ENTRY_TEXTS
+             if isinstance(value := getattr(entry, name), str)
+             and (scrubbed := scrub_surrogates(value)) is not value}
+    categories = tuple(scrub_surrogates(c) for c in entry.categories)
+    if not texts and all(a is b for a, b in zip(categories, entry.categories, strict=True)):
+        return entry  # nearly always: nothing to replace, and replace() costs more than this
+    return replace(entry, categories=categories, **texts)
+
+
+_ENTRY_TEXTS = ("entry_id", "link", "title", "content_html", "summary_html", "author",
+                "thumbnail", "base_url")
 
 
 def _lang_tag(lang: str) -> str:
