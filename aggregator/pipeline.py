@@ -44,7 +44,7 @@ from aggregator.dedupe import (
 )
 from aggregator.errors import AggregatorError, FetchError, SourceError, StoreError
 from aggregator.fetch import Fetcher
-from aggregator.index import ItemRecord, SourceState, now_iso
+from aggregator.index import Index, ItemRecord, SourceState, now_iso
 from aggregator.model import (
     Config,
     Entry,
@@ -426,7 +426,27 @@ def _seconds(delta: object) -> float | None:
 
 
 # -- storing --------------------------------------------------------------------------------
-Candidate = tuple[Item, list[str], bool]  # the item, its dedupe keys, whether the feed dated it
+@dataclass(frozen=True)
+class Candidate:
+    """An entry as the item it becomes, with what storing it as a new file takes.
+
+    The file is rendered and hashed where the entry was parsed (a worker process, as a
+    rule): storing runs in one process, one source after another, and is what a cold poll
+    waits on."""
+
+    item: Item
+    keys: tuple[str, ...]  # dedupe keys, strongest first; the raw: key last
+    dated: bool  # whether the feed dated the entry (a dated file name)
+    path: str  # where a new file goes (item_path); a taken one gets a -2, -3... suffix
+    data: bytes  # the new file: render_item(item), UTF-8
+    written_hash: str  # file_hash(data)
+    content_hash: str  # dedupe.content_hash(item)
+
+
+def candidate(source: Source, item: Item, keys: list[str], dated: bool) -> Candidate:
+    data = render_item(item).encode("utf-8")
+    return Candidate(item, tuple(keys), dated, item_path(source.id, item, keys[0], dated),
+                     data, file_hash(data), content_hash(item))
 
 
 @dataclass(frozen=True)
@@ -482,7 +502,8 @@ def prepare_entries(parsed: ParsedFeed, source: Source, site: Site,
         keys = entry_keys(source.id, entry.entry_id, entry.link, item.title, item.body,
                           entry.published or entry.updated)
         keys.append(raw)  # last: never the key an item is found by, only skipped by
-        candidates.append((item, keys, (entry.published or entry.updated) is not None))
+        candidates.append(candidate(source, item, keys,
+                                    (entry.published or entry.updated) is not None))
     return Prepared(replace(parsed, entries=()), tuple(candidates), skipped, tuple(warnings))
 
 
@@ -509,8 +530,9 @@ def apply_feed(ws: Workspace, source: Source, prepared: Prepared, now: datetime)
         recover_journal(ws)
         try:
             with ws.index.transaction():
-                for item, keys, dated in candidates:
-                    outcome = _apply_item(ws, source, item, keys, dated, now)
+                known = _FeedIndex(ws.index, candidates)
+                for c in candidates:
+                    outcome = _apply_item(ws, known, source, c, now)
                     new += outcome == "new"
                     updated += outcome == "updated"
         except BaseException:
@@ -522,39 +544,67 @@ def apply_feed(ws: Workspace, source: Source, prepared: Prepared, now: datetime)
     return ApplyResult(new=new, updated=updated, skipped=skipped)
 
 
-def _apply_item(ws: Workspace, source: Source, item: Item, keys: list[str], dated: bool,
+class _FeedIndex:
+    """The index as one feed's storing sees it: the keys and paths its items could meet,
+    read in two queries up front (not two per item), plus what the feed adds as it goes.
+    Used inside the feed's transaction, under the write lock: nothing else writes the
+    index meanwhile, and keys and items are only ever added there."""
+
+    def __init__(self, index: Index, candidates: Iterable[Candidate]) -> None:
+        self.index = index
+        candidates = list(candidates)
+        self._paths = index.find_all({k for c in candidates for k in c.keys})
+        self._taken = index.paths_taken({c.path for c in candidates})
+
+    def find(self, keys: Iterable[str]) -> str | None:
+        return next((self._paths[k] for k in keys if k in self._paths), None)
+
+    def path_taken(self, path: str) -> bool:
+        if path in self._taken:
+            return True
+        return self.index.path_taken(path)  # a -2, -3... suffix: not asked up front
+
+    def record(self, db: Any, record: ItemRecord, keys: Iterable[str],
+               source_hashes: dict[str, str | None]) -> None:
+        keys = list(keys)
+        self.index.record_item(db, record, keys, source_hashes)
+        for key in keys:
+            self._paths.setdefault(key, record.path)  # INSERT OR IGNORE: the first path stays
+        self._taken.add(record.path)
+
+
+def _apply_item(ws: Workspace, known: _FeedIndex, source: Source, c: Candidate,
                 now: datetime) -> str:
     """Store one item: 'new', 'updated' or 'same'. Caller holds the write lock."""
     index, store = ws.index, ws.store
-    chash = content_hash(item)
-    path = index.find(keys)
+    item, keys, chash = c.item, c.keys, c.content_hash
+    path = known.find(keys)
     if path is None:
-        path = _new_path(ws, source, item, keys, dated)
+        path = _new_path(ws, known, source, c)
         if path is None:  # a file of ours from a run killed before its index commit
-            path = index.find(keys)
+            path = known.find(keys)
             assert path is not None
         else:
-            data = render_item(item).encode("utf-8")
-            ws.journal.add(path, file_hash(data), source.id, keys, chash)
-            store.write(path, data)
+            ws.journal.add(path, c.written_hash, source.id, list(keys), chash)
+            store.write(path, c.data)
             with index.transaction() as db:
-                index.record_item(db, ItemRecord(path, source.id, file_hash(data), 0, False),
-                                  keys, {source.id: chash})
+                known.record(db, ItemRecord(path, source.id, c.written_hash, 0, False),
+                             keys, {source.id: chash})
             return "new"
     record = index.item(path)
     if record is None:
         return "same"
     if record.deleted or index.source_content_hash(path, source.id) == chash:
         with index.transaction() as db:  # remember new keys (a rotated guid) for next time
-            index.record_item(db, record, keys, {})
+            known.record(db, record, keys, {})
         return "same"
     on_disk = store.read_bytes(path)
     if on_disk is None or record.written_hash is None or file_hash(on_disk) != record.written_hash:
         # Deleted or edited by a person (or never ours): the file is theirs now.
         gone = on_disk is None and record.written_hash is not None
         with index.transaction() as db:
-            index.record_item(db, replace(record, deleted=record.deleted or gone), keys,
-                              {source.id: chash})
+            known.record(db, replace(record, deleted=record.deleted or gone), keys,
+                         {source.id: chash})
         return "same"
     try:
         old = read_item(on_disk.decode("utf-8"), store.tz, path)
@@ -570,13 +620,14 @@ def _apply_item(ws: Workspace, source: Source, item: Item, keys: list[str], date
     if merged.sources == (source.id,):
         merged = replace(merged, sources=())
     data = render_item(merged).encode("utf-8")
+    written = file_hash(data)
     changed = data != on_disk
     if changed:
-        ws.journal.add(path, file_hash(data), source.id, keys, chash)
+        ws.journal.add(path, written, source.id, list(keys), chash)
         store.write(path, data)
     with index.transaction() as db:
-        index.record_item(db, replace(record, written_hash=file_hash(data), updates=updates),
-                          keys, {source.id: chash})
+        known.record(db, replace(record, written_hash=written, updates=updates), keys,
+                     {source.id: chash})
     return "updated" if changed else "same"
 
 
@@ -615,19 +666,18 @@ def recover_journal(ws: Workspace) -> int:
     return recovered
 
 
-def _new_path(ws: Workspace, source: Source, item: Item, keys: list[str], dated: bool) -> str | None:
+def _new_path(ws: Workspace, known: _FeedIndex, source: Source, c: Candidate) -> str | None:
     """A free path for a new item, or None after adopting a file a killed run left."""
-    base = item_path(source.id, item, keys[0], dated)
-    candidate = base
+    base = candidate = c.path
     for n in range(2, 1000):
-        if not ws.index.path_taken(candidate):
+        if not known.path_taken(candidate):
             data = ws.store.read_bytes(candidate)
             if data is None:
                 return candidate
-            if _same_item(ws, data, item):
+            if _same_item(ws, data, c.item):
                 with ws.index.transaction() as db:
-                    ws.index.record_item(db, ItemRecord(candidate, source.id, file_hash(data), 0,
-                                                        False), keys, {source.id: None})
+                    known.record(db, ItemRecord(candidate, source.id, file_hash(data), 0,
+                                                False), c.keys, {source.id: None})
                 return None
         candidate = base[:-3] + f"-{n}.md"
     raise StoreError("no free file name for the item", path=base)

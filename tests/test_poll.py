@@ -712,8 +712,8 @@ def test_a_feed_no_worker_has_started_is_parsed_here_with_the_same_result(
         there = queued[0].result(timeout=60)  # the same job, parsed by the worker
         assert busy.result(timeout=60) == "slept"
     assert here is not None and here == there
-    assert [item.title for item, _keys, _dated in here.items] == ["Story number 1 about clinical models",
-                                                              "医院接入大模型"]
+    assert [c.item.title for c in here.items] == ["Story number 1 about clinical models",
+                                                  "医院接入大模型"]
 
 
 def _die() -> None:
