@@ -44,7 +44,6 @@ _NEWLINE_WHITESPACE = re.compile(r"[\t \r\n]*[\r\n][\t \r\n]*")
 _WHITESPACE = re.compile(r"[\t ]+")
 _ALL_WHITESPACE = re.compile(r"[\t \r\n]+")
 _LINE_WHITESPACE = re.compile(r"[\t\r\n]")  # text without it, or "  ", needs no normalizing
-_EDGE_NEWLINES = re.compile(r"^(\n*)((?:.*[^\n])?)(\n*)$", re.DOTALL)
 _LINE_WITH_CONTENT = re.compile(r"^(.*)", re.MULTILINE)
 _PRE_LEADING = re.compile(r"^[ \n]*\n")
 _PRE_TRAILING = re.compile(r"[ \n]*$")
@@ -96,9 +95,16 @@ def escape_label(text: str) -> str:
     return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
 
 
+# A URL quote() would hand back unchanged: its always-safe characters and `safe` below.
+_QUOTED_URL = re.compile(r"[A-Za-z0-9/:?#\[\]@!$&'*+,;=%~._-]*")
+
+
 def markdown_url(url: str) -> str:
     """A URL safe as a Markdown link destination: no spaces, parentheses or backslashes."""
-    target = quote(url.strip(), safe="/:?#[]@!$&'*+,;=%~-._")
+    url = url.strip()
+    if _QUOTED_URL.fullmatch(url):  # nearly every URL: quote() is slow to change nothing
+        return url
+    target = quote(url, safe="/:?#[]@!$&'*+,;=%~-._")
     return target.replace("(", "%28").replace(")", "%29")
 
 
@@ -149,6 +155,22 @@ def _flanked(markup: str) -> str:
     return f"{space_before}{lead}{wrapped}{trail}{space_after}"
 
 
+@functools.cache
+def _edge_characters() -> frozenset[str]:
+    """Characters at the edge of an emphasis's text that make _flanked look closer."""
+    return frozenset(_wide_punctuation()) | {"*", "~"}
+
+
+def _flank(prefix: str, marker: str, text: str, suffix: str) -> str:
+    """_flanked(prefix + marker + text + marker + suffix) without its regex when text
+    (stripped, not empty) neither starts nor ends with wide punctuation or a marker's
+    character: then there is nothing to move, and the markup is as built."""
+    edge = _edge_characters()
+    if text[0] not in edge and text[-1] not in edge:  # nearly always
+        return f"{prefix}{marker}{text}{marker}{suffix}"
+    return _flanked(f"{prefix}{marker}{text}{marker}{suffix}")
+
+
 def _emphasis(marker: str) -> Callable[[Any, str, int], str]:
     def convert(el: Any, text: str, flags: int) -> str:
         if flags & _NOFORMAT:
@@ -156,7 +178,7 @@ def _emphasis(marker: str) -> Callable[[Any, str, int], str]:
         prefix, suffix, text = _chomp(text)
         if not text:
             return ""
-        return _flanked(f"{prefix}{marker}{text}{marker}{suffix}")
+        return _flank(prefix, marker, text, suffix)
     return convert
 
 
@@ -282,6 +304,8 @@ def _li(el: Any, text: str, flags: int) -> str:
         bullet = f"{number}. "
     else:
         bullet = "- "
+    if "\n" not in text:  # one line (text is stripped, not empty): no indenting to do
+        return bullet + text + "\n"
     indent = " " * len(bullet)
     text = _LINE_WITH_CONTENT.sub(lambda m: indent + m.group(1) if m.group(1) else "", text)
     return bullet + text[len(bullet):] + "\n"
@@ -455,7 +479,11 @@ def _convert(el: Any, tag: str, flags: int, depth: int = 0) -> str:
             if part[0] != "\n" and part[-1] != "\n":  # most parts: inline text
                 pieces += ("", part, "")
                 continue
-            leading, content, trailing = _EDGE_NEWLINES.match(part).groups()  # type: ignore[union-attr]
+            # part = leading newlines + content + trailing newlines (str methods: a regex
+            # splitting it so was a tenth of the conversion)
+            content = part.strip("\n")
+            rest = part.lstrip("\n")
+            leading, trailing = part[:len(part) - len(rest)], rest[len(content):]
             if pieces[-1] and leading:
                 previous = pieces.pop()
                 leading = "\n" * min(2, max(len(previous), len(leading)))

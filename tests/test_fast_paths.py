@@ -198,3 +198,32 @@ def test_text_tests_are_the_regexes_they_replaced(text: str) -> None:
     assert html2md._odd_whitespace(text) is bool(odd_whitespace.search(text))
     assert html2md._plain(text) is not (needs_escape.search(text) or odd_whitespace.search(text)
                                         or html2md.BR in text)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(st.sampled_from(list("aZ09/:?#[]@!$&'*+,;=%~._-()\\ \"<>^`{|}中é\t")), max_size=14))
+def test_markdown_url_is_what_quote_gives(url: str) -> None:
+    from urllib.parse import quote
+
+    from aggregator.html2md import markdown_url
+
+    plain = quote(url.strip(), safe="/:?#[]@!$&'*+,;=%~-._").replace("(", "%28").replace(")", "%29")
+    assert markdown_url(url) == plain
+
+
+EMPHASIS_TEXT = st.text(st.sampled_from(list("a中*~“”。，!\\ ")), min_size=1, max_size=10)
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.sampled_from(["", " "]), st.sampled_from(["**", "*", "~~"]), EMPHASIS_TEXT,
+       st.sampled_from(["", " "]))
+@example("", "*", "**“x”**", "")
+@example("", "**", "“大模型”", "")
+def test_emphasis_from_its_parts_is_what_the_markup_regex_gives(prefix: str, marker: str,
+                                                                 text: str, suffix: str) -> None:
+    from aggregator.html2md import _flank, _flanked
+
+    text = text.strip()
+    if text:
+        assert _flank(prefix, marker, text, suffix) == _flanked(
+            f"{prefix}{marker}{text}{marker}{suffix}")
