@@ -17,16 +17,17 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from email.utils import parsedate_to_datetime
+from functools import lru_cache
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 from urllib.request import url2pathname
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.cookies import extract_cookies_to_jar
+from urllib3 import BaseHTTPResponse, Timeout
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
 from aggregator import __version__
@@ -200,26 +201,73 @@ class Fetcher:
         return session
 
     def _get(self, url: str, headers: dict[str, str],
-             timeout: tuple[float, float]) -> requests.Response:
+             timeout: tuple[float, float]) -> requests.Response | _DirectResponse:
         session = self._session()
         if session.trust_env:
             return session.get(url, headers=headers, stream=True, timeout=timeout)
+        if not session.cookies and _DIRECT_URL.fullmatch(url):
+            return self._get_direct(session, url, headers, timeout)
         # Session.request, less the merging a session with no environment, auth or
         # proxies does not need (it was a third of the cost of a 304): the same headers,
         # cookies, hooks and redirect handling.
-        request = requests.PreparedRequest()
-        request.prepare(method="GET", url=url, headers={**session.headers, **headers},
-                        cookies=session.cookies, hooks=session.hooks)
-        return session.send(request, stream=True, timeout=timeout, allow_redirects=True,
-                            verify=session.verify, cert=None, proxies={})
+        return session.send(_prepare(session, url, headers), stream=True, timeout=timeout,
+                            allow_redirects=True, verify=session.verify, cert=None, proxies={})
 
-    @contextmanager
-    def _host_slot(self, url: str) -> Iterator[None]:
-        host = (urlsplit(url).hostname or "").lower()
-        with self._hosts_lock:
-            slot = self._hosts.setdefault(host, threading.BoundedSemaphore(self.per_host))
-        with slot:
-            yield
+    def _get_direct(self, session: requests.Session, url: str, headers: dict[str, str],
+                    timeout: tuple[float, float]) -> requests.Response | _DirectResponse:
+        """The request Session.send would make, sent by urllib3 itself: a 304 or 200 from
+        a URL requests would send as it is, with no cookie to send, is most of a poll, and
+        preparing the request and wrapping the answer were half of a 304's cost. Anything
+        else (a redirect, a cookie) goes on as Session.send would go on: requests builds
+        the response from the same urllib3 answer and follows the redirects."""
+        adapter = session.get_adapter(url)
+        scheme, _, rest = url.partition("://")
+        host, slash, path = rest.partition("/")
+        pool = self._pool(adapter, session, f"{scheme}://{host}/")
+        try:
+            raw = pool.urlopen("GET", slash + path, headers={**session.headers, **headers},
+                               redirect=False, assert_same_host=False, preload_content=False,
+                               decode_content=False, retries=adapter.max_retries,
+                               timeout=Timeout(connect=timeout[0], read=timeout[1]),
+                               chunked=False)
+        except Exception as e:
+            mapped = _as_requests_error(e)
+            if mapped is None:
+                raise
+            raise mapped from e
+        if raw.status not in _REDIRECTS and "set-cookie" not in raw.headers:
+            return _DirectResponse(raw, url)
+        request = _prepare(session, url, headers)
+        response = adapter.build_response(request, raw)
+        extract_cookies_to_jar(session.cookies, request, raw)
+        history = list(session.resolve_redirects(response, request, stream=True, timeout=timeout,
+                                                 verify=session.verify, cert=None, proxies={}))
+        if history:
+            history.insert(0, response)
+            response = history.pop()
+            response.history = history
+        return response
+
+    def _pool(self, adapter: HTTPAdapter, session: requests.Session,
+              origin: str) -> HTTPConnectionPool:
+        """The connection pool requests would pick for origin (with its TLS settings),
+        kept per thread while it is open: the adapter closes a pool it lets go of."""
+        pools = self._local.__dict__.setdefault("pools", {})
+        pool = pools.get(origin)
+        if pool is None or pool.pool is None:
+            request = requests.Request("GET", origin).prepare()
+            pool = pools[origin] = adapter.get_connection_with_tls_context(
+                request, session.verify, proxies={}, cert=None)
+        return pool
+
+    def _host_slot(self, url: str) -> threading.BoundedSemaphore:
+        """One of the host's PER_HOST slots, to hold while fetching from it."""
+        host = _host(url)
+        slot = self._hosts.get(host)
+        if slot is None:
+            with self._hosts_lock:
+                slot = self._hosts.setdefault(host, threading.BoundedSemaphore(self.per_host))
+        return slot
 
     def _fetch_http(self, source: Source, url: str, state: HttpState) -> FetchResult:
         headers = {}
@@ -255,7 +303,8 @@ class Fetcher:
                     raise
                 raise error from e
 
-    def _read_response(self, source: Source, url: str, response: requests.Response,
+    def _read_response(self, source: Source, url: str,
+                       response: requests.Response | _DirectResponse,
                        deadline: float, fail) -> FetchResult:  # noqa: ANN001
         status = response.status_code
         final_url = response.url or url
@@ -397,7 +446,88 @@ def _max_age(headers: dict[str, str]) -> timedelta | None:
     return timedelta(seconds=min(int(match.group(1)), 86400))
 
 
-def _permanent_target(response: requests.Response, url: str) -> str | None:
+@lru_cache(maxsize=4096)  # a source's URL, asked for at every poll
+def _host(url: str) -> str:
+    return (urlsplit(url).hostname or "").lower()
+
+
+def _prepare(session: requests.Session, url: str,
+             headers: dict[str, str]) -> requests.PreparedRequest:
+    request = requests.PreparedRequest()
+    request.prepare(method="GET", url=url, headers={**session.headers, **headers},
+                    cookies=session.cookies, hooks=session.hooks)
+    return request
+
+
+# A URL requests sends exactly as given (its preparing changes nothing: a lower-case
+# host, a path, only characters it never quotes or unquotes): such a request can be sent
+# without it. Anything else (IDNA, %-escapes, a fragment, IPv6) goes through requests.
+_DIRECT_URL = re.compile(r"https?://[a-z0-9.-]+(?::[0-9]{1,5})?/[A-Za-z0-9\-._~!$&'()*+,;=:@/?]*")
+_REDIRECTS = frozenset({301, 302, 303, 307, 308})
+
+
+class _DirectResponse:
+    """The parts of a requests.Response that _read_response uses, over a urllib3 answer."""
+
+    history: list[requests.Response] = []  # no redirect: those go through requests
+
+    def __init__(self, raw: BaseHTTPResponse, url: str) -> None:
+        self.raw = raw
+        self.url = url
+        self.status_code = raw.status
+        self.reason = raw.reason
+        # Repeated headers joined with ", ", as requests' CaseInsensitiveDict has them.
+        self.headers = dict(raw.headers.itermerged())
+        self._consumed = False
+
+    @property
+    def content(self) -> bytes:
+        self._consumed = True
+        return self.raw.read(decode_content=True)
+
+    def __enter__(self) -> _DirectResponse:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        # As requests.Response.close(): a body read to its end leaves the connection open,
+        # and it goes back to the pool (keep-alive).
+        if not self._consumed:
+            self.raw.close()
+        self.raw.release_conn()
+
+
+def _as_requests_error(e: Exception) -> Exception | None:
+    """The requests exception HTTPAdapter.send raises for what urllib3 raised (the same
+    order of tests), so that a direct request fails with the same message."""
+    from urllib3 import exceptions as u
+
+    if isinstance(e, u.ProtocolError | OSError):
+        return requests.ConnectionError(e)
+    if isinstance(e, u.MaxRetryError):
+        if isinstance(e.reason, u.ConnectTimeoutError) and not isinstance(
+                e.reason, u.NewConnectionError):
+            return requests.ConnectTimeout(e)
+        if isinstance(e.reason, u.ResponseError):
+            return requests.exceptions.RetryError(e)
+        if isinstance(e.reason, u.ProxyError):
+            return requests.exceptions.ProxyError(e)
+        if isinstance(e.reason, u.SSLError):
+            return requests.exceptions.SSLError(e)
+        return requests.ConnectionError(e)
+    if isinstance(e, u.ClosedPoolError):
+        return requests.ConnectionError(e)
+    if isinstance(e, u.ProxyError):
+        return requests.exceptions.ProxyError(e)
+    if isinstance(e, u.SSLError):
+        return requests.exceptions.SSLError(e)
+    if isinstance(e, u.ReadTimeoutError):
+        return requests.ReadTimeout(e)
+    if isinstance(e, u.InvalidHeader):
+        return requests.exceptions.InvalidHeader(e)
+    return None
+
+
+def _permanent_target(response: requests.Response | _DirectResponse, url: str) -> str | None:
     """Where a chain of *permanent* redirects (301/308) from url leads, if it starts with one."""
     target = None
     for i, hop in enumerate(response.history):

@@ -114,6 +114,8 @@ class FeedServer(ThreadingHTTPServer):
         self._dirs: list[tuple[str, Path]] = []
         self._requests: list[RecordedRequest] = []
         self._connections: dict[socket.socket, threading.Thread] = {}
+        self.connections = 0
+        """Client connections accepted so far (keep-alive makes fewer than requests)."""
         super().__init__(("127.0.0.1", 0), _FeedHandler)
 
     def server_bind(self) -> None:
@@ -206,6 +208,7 @@ class FeedServer(ThreadingHTTPServer):
     def _register(self, connection: socket.socket) -> None:
         with self._lock:
             self._connections[connection] = threading.current_thread()
+            self.connections += 1
 
     def _unregister(self, connection: socket.socket) -> None:
         with self._lock:

@@ -444,3 +444,63 @@ NOW = datetime(2025, 2, 14, 12, 0, tzinfo=UTC)
 ])
 def test_retry_after_values(value: str | None, expected: timedelta | None) -> None:
     assert retry_after(value, NOW) == expected
+
+
+# -- the direct first request (fetch._get_direct) -------------------------------------------------
+def _fetch(fetcher: Fetcher, url: str, state: HttpState | None = None):  # noqa: ANN202
+    return fetcher.fetch(Source(id="s", url=url), state or HttpState())
+
+
+def test_a_direct_request_is_the_request_requests_sends(feed_server: FeedServer,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from aggregator import fetch
+
+    feed_server.route("/good.xml", body=GOOD, etag='"v1"')
+    direct = _fetch(Fetcher(), feed_server.url("/good.xml"), HttpState(etag='"v0"'))
+    monkeypatch.setattr(fetch, "_DIRECT_URL", fetch.re.compile("(?!)"))  # requests only
+    through_requests = _fetch(Fetcher(), feed_server.url("/good.xml"), HttpState(etag='"v0"'))
+    first, second = feed_server.requests_for("/good.xml")
+    assert (first.method, first.path) == (second.method, second.path) == ("GET", "/good.xml")
+    assert list(first.headers.items()) == list(second.headers.items())
+    assert first.headers["If-None-Match"] == '"v0"'
+    assert direct == through_requests
+    assert direct.body == GOOD and direct.etag == '"v1"'
+
+
+def test_direct_304s_keep_their_connection(feed_server: FeedServer) -> None:
+    feed_server.route("/good.xml", body=GOOD, etag='"v1"')
+    fetcher = Fetcher()
+    results = [_fetch(fetcher, feed_server.url("/good.xml"), HttpState(etag='"v1"'))
+               for _ in range(5)]
+    assert {r.status for r in results} == {"not_modified"}
+    assert feed_server.connections == 1  # keep-alive: one TCP connection for five requests
+
+
+def test_a_cookie_the_server_sets_is_sent_back_as_requests_would(feed_server: FeedServer) -> None:
+    feed_server.route("/good.xml", body=GOOD, headers={"Set-Cookie": "visit=1; Path=/"})
+    fetcher = Fetcher()
+    _fetch(fetcher, feed_server.url("/good.xml"))
+    _fetch(fetcher, feed_server.url("/good.xml"))
+    first, second = feed_server.requests_for("/good.xml")
+    assert "Cookie" not in first.headers
+    assert second.headers.get("Cookie") == "visit=1"
+
+
+def test_a_redirect_after_a_direct_request_is_followed_by_requests(
+        feed_server: FeedServer) -> None:
+    feed_server.route("/old.xml", status=301, location="/mid.xml")
+    feed_server.route("/mid.xml", status=302, location="/good.xml")
+    feed_server.route("/good.xml", body=GOOD)
+    result = _fetch(Fetcher(), feed_server.url("/old.xml"))
+    assert result.body == GOOD and result.url == feed_server.url("/good.xml")
+    assert result.permanent_url == feed_server.url("/mid.xml")  # the 301 hop only
+    assert [len(feed_server.requests_for(p)) for p in ("/old.xml", "/mid.xml", "/good.xml")] \
+        == [1, 1, 1]
+
+
+def test_a_refused_direct_request_says_so() -> None:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(FetchError, match="cannot connect: Connection refused"):
+        _fetch(Fetcher(), f"http://127.0.0.1:{port}/feed.xml")
