@@ -105,10 +105,11 @@ class ApplyResult:
 
 
 # -- polling ------------------------------------------------------------------------------
-# Sources fetched but not yet stored: bounds the bodies and parsed items held in memory.
-# As many as the fetch threads (fewer would idle some of them on slow servers): 16, not 24
-# or 64, the same speed on the bench, and the poll process's peak 88 -> 75 MB since items
-# come back from the worker rendered (each source in flight held ~1 MB of its heap).
+# Sources being fetched, or fetched (200) and not yet stored: bounds the bodies and
+# parsed items held in memory. As many as the fetch threads (fewer would idle some of
+# them on slow servers): 16, not 24 or 64, the same speed on the bench, and the poll
+# process's peak 88 -> 75 MB since items come back from the worker rendered (each
+# source in flight held ~1 MB of its heap).
 IN_FLIGHT = 16
 PARSE_IN_PROCESSES_MIN = 8  # fewer sources than this: parsing here costs less than a pool
 
@@ -146,15 +147,25 @@ def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fet
                 thread_name_prefix="poll") as threads:
             pending: deque[tuple[Source, Future[Fetched]]] = deque()
             upcoming = iter(sources)
+            # A slot per source being fetched or holding a body to store. A 304, an error
+            # or a skip gives its slot back as soon as it is known: behind a feed that
+            # waits for its parse (or a slow server), the next hundred 304s go on.
+            slots = threading.BoundedSemaphore(IN_FLIGHT)
+
+            def release_if_light(future: Future[Fetched]) -> None:
+                if not future.cancelled() and not _holds_a_body(future.result()):
+                    slots.release()
 
             def fill() -> None:
-                while len(pending) < IN_FLIGHT:
+                while slots.acquire(blocking=False):
                     source = next(upcoming, None)
                     if source is None:
+                        slots.release()
                         return
-                    pending.append((source, threads.submit(
-                        fetch_stage, ws, source, clock, fetcher, force, processes,
-                        states.get(source.id, SourceState()))))
+                    future = threads.submit(fetch_stage, ws, source, clock, fetcher, force,
+                                            processes, states.get(source.id, SourceState()))
+                    future.add_done_callback(release_if_light)
+                    pending.append((source, future))
 
             fill()
             while pending:
@@ -166,10 +177,14 @@ def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fet
                     # idle more than half the time.
                     if not _steal(pending, stolen):
                         wait([fetched.preparing], timeout=STEAL_POLL)
+                    fill()
                 pending.popleft()
+                heavy = _holds_a_body(fetched)
                 if fetched.preparing is not None:
                     fetched = _collect(source, fetched, stolen)
                 report = store_stage(ws, source, fetched)
+                if heavy:
+                    slots.release()
                 reports.append(report)
                 if on_report:
                     on_report(report)
@@ -178,6 +193,11 @@ def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fet
         if processes is not None:
             processes.shutdown()
     return reports
+
+
+def _holds_a_body(fetched: Fetched) -> bool:
+    """A 200 being parsed or stored, as opposed to a 304, an error or a skip."""
+    return fetched.result is not None and fetched.result.status != "not_modified"
 
 
 class _LazyPool:
