@@ -78,6 +78,10 @@ CREATE TABLE IF NOT EXISTS fragments (
     atom TEXT NOT NULL,         -- as an Atom <entry>
     json TEXT NOT NULL          -- as a JSON Feed item
 );
+-- Which settings each item's fragments were built with, without reading the rows (8 KB
+-- of fragments each): a publish asks for the keys of every item of every feed it
+-- rebuilds.
+CREATE INDEX IF NOT EXISTS fragments_key ON fragments(path, key);
 CREATE TABLE IF NOT EXISTS members (
     kind TEXT NOT NULL,         -- all, tag, category or source
     term TEXT NOT NULL,         -- as the file spells it; a source id; '' for all

@@ -523,3 +523,32 @@ def test_item_with_no_link_and_no_body_is_still_valid_atom(site: Site) -> None:
     assert entry is not None and entry.find("atom:content", NS) is not None
     assert "Only a title" in (entry.findtext("atom:content", namespaces=NS) or "")
     assert not jing_errors([site.output / "tags" / "empty" / "atom.xml"])
+
+
+def test_symlinks_planted_in_the_output_are_not_written_through(site: Site) -> None:
+    site.publish()
+    outside = site.root / "outside"
+    outside.mkdir()
+    secret = outside / "secret.txt"
+    secret.write_text("not a feed", encoding="utf-8")
+    story = next((site.store / "alpha").glob("2025-02-15-*.md"))  # in both feeds below
+
+    def edit(old: str, new: str) -> None:
+        story.write_text(story.read_text(encoding="utf-8").replace(old, new), encoding="utf-8")
+
+    feed = site.output / "sources" / "alpha" / "index.xml"
+    feed.unlink()
+    feed.symlink_to(secret)  # a feed file swapped for a link: replaced, not written through
+    edit("cuts time to antibiotics", "cut time to antibiotics")
+    site.publish()
+    assert secret.read_text(encoding="utf-8") == "not a feed"
+    assert not feed.is_symlink() and b"cut time to antibiotics" in feed.read_bytes()
+
+    folder = site.output / "categories" / "国际动态"
+    shutil.rmtree(folder)
+    folder.symlink_to(outside, target_is_directory=True)  # a feed's folder: refused
+    edit("cut time to antibiotics", "cuts the time to antibiotics")
+    stderr = site.publish(expect=1)
+    assert "categories/国际动态" in stderr and "leaves the output directory" in stderr
+    assert sorted(p.name for p in outside.iterdir()) == ["secret.txt"]
+    assert secret.read_text(encoding="utf-8") == "not a feed"
