@@ -166,6 +166,10 @@ def _date(value: str) -> datetime | None:
         return None
     if (common := _common_date(value)) is not None:
         return common
+    return _feedparser_date(value)
+
+
+def _feedparser_date(value: str) -> datetime | None:
     parsed = _parse_date(value)
     if not parsed:
         return None

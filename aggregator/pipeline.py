@@ -167,17 +167,23 @@ def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fet
                     future.add_done_callback(release_if_light)
                     pending.append((source, future))
 
+            def wait_for(awaited: Future[Any]) -> None:
+                """Until ``awaited`` is done: rather than only wait, parse a fetched feed no
+                worker has started on (on two cores there is one worker, and storing
+                leaves this process idle more than half the time), and start the fetches
+                that slots given back allow (a slow server at the head holds up no one)."""
+                while not awaited.done():
+                    if not _steal(pending, stolen):
+                        wait([awaited], timeout=STEAL_POLL)
+                    fill()
+
             fill()
             while pending:
                 source, future = pending[0]
+                wait_for(future)
                 fetched = future.result()
-                while fetched.preparing is not None and not fetched.preparing.done():
-                    # Rather than wait, parse a fetched feed no worker has started on:
-                    # on two cores there is one worker, and storing leaves this process
-                    # idle more than half the time.
-                    if not _steal(pending, stolen):
-                        wait([fetched.preparing], timeout=STEAL_POLL)
-                    fill()
+                if fetched.preparing is not None:
+                    wait_for(fetched.preparing)
                 pending.popleft()
                 heavy = _holds_a_body(fetched)
                 if fetched.preparing is not None:

@@ -739,3 +739,28 @@ def test_when_a_worker_dies_its_feeds_are_parsed_here() -> None:
     finally:
         pool.shutdown()
 
+
+
+def test_a_slow_server_first_in_line_holds_up_no_other_fetch(feed_server: FeedServer,
+                                                              tmp_path: Path) -> None:
+    """Storing goes in config order, but a source that waits (a slow server, a parse) keeps
+    only its own slot: the 304s behind it, more than the poll keeps in flight, are all
+    fetched while it waits."""
+    from aggregator.pipeline import IN_FLIGHT
+
+    others = 2 * IN_FLIGHT
+    sources = [{"id": "slow", "url": feed_server.url("/slow.xml")}]
+    feed_server.route("/slow.xml", body=rss_feed([news_item(0)]), etag='"s"')
+    for n in range(others):
+        feed_server.route(f"/f{n}.xml", body=rss_feed([news_item(n + 1)]), etag=f'"{n}"')
+        sources.append({"id": f"f{n}", "url": feed_server.url(f"/f{n}.xml")})
+    config = write_config(tmp_path, sources)
+    assert poll_json(config)["new"] == others + 1
+
+    feed_server.route("/slow.xml", body=rss_feed([news_item(0)]), etag='"s2"', delay=3)
+    second = poll_json(config)
+    assert [s["status"] for s in second["sources"]] == ["ok"] + ["not_modified"] * others
+    slow_answered = feed_server.requests_for("/slow.xml")[1].answered
+    assert slow_answered is not None
+    late = [n for n in range(others) if feed_server.requests_for(f"/f{n}.xml")[1].time > slow_answered]
+    assert late == []  # every other source was asked before the slow one answered
