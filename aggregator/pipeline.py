@@ -112,6 +112,9 @@ class ApplyResult:
 # source in flight held ~1 MB of its heap).
 IN_FLIGHT = 16
 PARSE_IN_PROCESSES_MIN = 8  # fewer sources than this: parsing here costs less than a pool
+# Changed feeds parsed here before a worker is started: a cron poll of a few hundred
+# feeds with a handful changed then starts none (0.3 s of CPU and 40 MB saved).
+PARSE_HERE_FIRST = 6
 
 
 def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fetcher | None = None,
@@ -135,7 +138,7 @@ def poll(ws: Workspace, sources: Iterable[Source], clock: Clock, *, fetcher: Fet
     if len(sources) >= PARSE_IN_PROCESSES_MIN and cores > 1:
         # One core stays with this process, which stores while the workers parse: on a
         # two-core server that is one worker, and the poll's memory stays near 100 MB.
-        processes = _LazyPool(max(1, min(cores - 1, 3)))
+        processes = _LazyPool(max(1, min(cores - 1, 3)), start_after=PARSE_HERE_FIRST)
     reports: list[SourceReport] = []
     # One query, not one per source from the fetch threads (which then queue for the
     # index behind this thread's commits).
@@ -207,23 +210,29 @@ def _holds_a_body(fetched: Fetched) -> bool:
 
 
 class _LazyPool:
-    """Worker processes, started when the first feed needs parsing (a poll where every
-    feed answers 304 starts none).
+    """Worker processes, started when a poll has more feeds to parse than this process
+    parses faster alone (a poll where every feed answers 304 starts none, nor one where
+    a few changed: a worker costs ~0.3 s of CPU to start and load the parsers).
 
     submit() hands back a future of this process's own, which a worker's outcome settles:
     this process can take back a job no worker has started (_take, for _steal), and when
     a worker dies (out of memory, kill -9) its jobs, and all later ones, are parsed here
-    instead of failing their sources.
+    instead of failing their sources. The first ``start_after`` jobs go to no worker:
+    _steal parses them here.
     """
 
-    def __init__(self, workers: int) -> None:
+    def __init__(self, workers: int, start_after: int = 0) -> None:
         self.workers = workers
         self._pool: ProcessPoolExecutor | None = None
         self._lock = threading.Lock()
+        self._held = start_after  # jobs left to keep here before the pool starts
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> Future[Any]:
         local: Future[Any] = Future()
         with self._lock:
+            if self._held > 0:
+                self._held -= 1
+                return local  # no remote: _take hands it to this process
             if self._pool is None:
                 self._pool = worker_pool(self.workers)
             self._forward(local, fn, args)

@@ -764,3 +764,29 @@ def test_a_slow_server_first_in_line_holds_up_no_other_fetch(feed_server: FeedSe
     assert slow_answered is not None
     late = [n for n in range(others) if feed_server.requests_for(f"/f{n}.xml")[1].time > slow_answered]
     assert late == []  # every other source was asked before the slow one answered
+
+
+def test_a_poll_with_a_few_changed_feeds_starts_no_worker(feed_server: FeedServer, tmp_path: Path,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    from aggregator import pipeline
+
+    started: list[int] = []
+    real_pool = pipeline.worker_pool
+    monkeypatch.setattr(pipeline, "worker_pool", lambda n: started.append(n) or real_pool(n))
+    count = max(pipeline.PARSE_HERE_FIRST, pipeline.PARSE_IN_PROCESSES_MIN) + 4
+    sources = []
+    for n in range(count):
+        feed_server.route(f"/f{n}.xml", body=rss_feed([news_item(n)]), etag=f'"{n}-a"')
+        sources.append({"id": f"f{n}", "url": feed_server.url(f"/f{n}.xml")})
+    config = write_config(tmp_path, sources)
+    first = poll_in_process(config)
+    assert sum(r.new for r in first.values()) == count
+    assert len(started) == 1  # more changed feeds than this process parses alone
+
+    for n in range(3):  # a cron poll: a few feeds changed, the rest 304
+        feed_server.route(f"/f{n}.xml", body=rss_feed([news_item(n), news_item(100 + n)]),
+                          etag=f'"{n}-b"')
+    second = poll_in_process(config)
+    assert [second[f"f{n}"].new for n in range(3)] == [1, 1, 1]
+    assert {second[f"f{n}"].status for n in range(3, count)} == {"not_modified"}
+    assert len(started) == 1  # parsed here: no worker for three feeds
