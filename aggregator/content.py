@@ -40,14 +40,13 @@ ALLOWED_ATTRIBUTES = {
 }
 _BLOCK_NAMES = (r"(?:p|div|br|li|ul|ol|h[1-6]|tr|td|th|blockquote|pre|table|section|article|"
                 r"figure|figcaption|dd|dt|hr)\b")
-_BLOCK_TAG = re.compile(rf"<(?:/?{_BLOCK_NAMES})", re.IGNORECASE)
 # The start of a block tag in nh3's output (lower-case names): a space goes before it, so
 # that blocks' texts do not run together. The '<' matched and written back as " <": a plain
 # replacement, which re does in C (a template such as r" \g<0>" costs a Python call per
 # match), and a literal first character, which re finds fast.
 _BLOCK_TAG_START = re.compile(rf"<(?=/?{_BLOCK_NAMES})")
 # The same, any case (plain_text reads HTML that nh3 has not written).
-_BEFORE_BLOCK_TAG = re.compile(f"(?={_BLOCK_TAG.pattern})", re.IGNORECASE)
+_BEFORE_BLOCK_TAG = re.compile(rf"(?=</?{_BLOCK_NAMES})", re.IGNORECASE)
 _BLANK_LINES = re.compile(r"\n{3,}")
 
 

@@ -29,7 +29,6 @@ from pathlib import Path
 
 from aggregator.errors import StoreError
 
-IN_CHUNK = 500  # values per "IN (?, ...)": well under SQLite's limit of bound variables
 DEFERRED_STATES_MAX = 256  # source states held back at most (see Index.deferred_states)
 SCHEMA_VERSION = 4  # PRAGMA user_version; older caches are dropped, older items rebuilt
 CACHE_TABLES = ("files", "outputs", "fragments", "members", "dirty_listings")
@@ -242,19 +241,13 @@ class Index:
 
     def find_all(self, keys: Iterable[str]) -> dict[str, str]:
         """The path of each of these keys that the index knows."""
-        return dict(self._query_in("SELECT key, path FROM keys WHERE key IN ({})", keys))
+        return dict(r for chunk in _chunks(keys) for r in self._query(
+            f"SELECT key, path FROM keys WHERE key IN ({_marks(chunk)})", chunk))
 
     def paths_taken(self, paths: Iterable[str]) -> set[str]:
         """Those of these paths that an item has."""
-        return {p for (p,) in self._query_in("SELECT path FROM items WHERE path IN ({})", paths)}
-
-    def _query_in(self, sql: str, values: Iterable[str]) -> list[tuple]:
-        values = list(values)
-        rows: list[tuple] = []
-        for start in range(0, len(values), IN_CHUNK):
-            chunk = values[start:start + IN_CHUNK]
-            rows += self._query(sql.format(",".join("?" * len(chunk))), chunk)
-        return rows
+        return {p for chunk in _chunks(paths) for (p,) in self._query(
+            f"SELECT path FROM items WHERE path IN ({_marks(chunk)})", chunk)}
 
     def item(self, path: str) -> ItemRecord | None:
         rows = self._query("SELECT path, source, written_hash, updates, deleted "

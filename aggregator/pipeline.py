@@ -473,8 +473,8 @@ class Candidate:
 
     item: Item
     keys: tuple[str, ...]  # dedupe keys, strongest first; the raw: key last
-    dated: bool  # whether the feed dated the entry (a dated file name)
-    path: str  # where a new file goes (item_path); a taken one gets a -2, -3... suffix
+    path: str  # where a new file goes (item_path: dated if the feed dated the entry); a
+    # taken one gets a -2, -3... suffix
     data: bytes  # the new file: render_item(item), UTF-8
     written_hash: str  # file_hash(data)
     content_hash: str  # dedupe.content_hash(item)
@@ -482,8 +482,8 @@ class Candidate:
 
 def candidate(source: Source, item: Item, keys: list[str], dated: bool) -> Candidate:
     data = render_item(item).encode("utf-8")
-    return Candidate(item, tuple(keys), dated, item_path(source.id, item, keys[0], dated),
-                     data, file_hash(data), content_hash(item))
+    return Candidate(item, tuple(keys), item_path(source.id, item, keys[0], dated), data,
+                     file_hash(data), content_hash(item))
 
 
 @dataclass(frozen=True)

@@ -346,10 +346,8 @@ class Store:
         self._prefix = os.fspath(root) + os.sep  # + a relative path: the file on disk
         self._tmp = os.fspath(self.tmp_dir)
 
-    def path(self, relative: str) -> Path:
-        return Path(self._safe(relative))
-
-    def _safe(self, relative: str) -> str:
+    def path(self, relative: str) -> str:
+        """The file on disk of a store path; StoreError for an unsafe one."""
         if not is_safe_relative(relative):
             raise StoreError("unsafe store path refused", path=relative)
         return self._prefix + relative
@@ -364,10 +362,7 @@ class Store:
             raise StoreError(f"cannot read: {e.strerror or e}", path=relative) from e
 
     def write(self, relative: str, data: bytes) -> None:
-        write_atomic(self._safe(relative), data, self._tmp)
-
-    def exists(self, relative: str) -> bool:
-        return os.path.isfile(self._prefix + relative)
+        write_atomic(self.path(relative), data, self._tmp)
 
     def scan(self) -> Iterator[tuple[str, os.stat_result]]:
         """Every Markdown file under the store (relative POSIX path, stat), skipping .dirs."""
