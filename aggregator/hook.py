@@ -21,7 +21,7 @@ import signal
 import subprocess
 import tempfile
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 from aggregator.model import Config
@@ -35,9 +35,11 @@ def _last_line(text: bytes) -> str:
     return lines[-1].strip()[:300] if lines else ""
 
 
-def run_hook(config: Config, changed: Iterable[str]) -> bool:
+def run_hook(config: Config, changed: Iterable[str],
+             started: Callable[[subprocess.Popen[bytes] | None], None] | None = None) -> bool:
     """Run ``config.after_publish`` for the absolute output paths ``changed``; True if it
-    ran and exited 0. Waits for a hook another process is running to end first."""
+    ran and exited 0. Waits for a hook another process is running to end first.
+    ``started`` is told the process when it starts, and None when it has ended."""
     argv = list(config.after_publish)
     paths = list(changed)
     if not argv or not paths:
@@ -50,12 +52,13 @@ def run_hook(config: Config, changed: Iterable[str]) -> bool:
                                          suffix=".txt", delete=False) as listing:
             listing.write("".join(f"{p}\n" for p in paths))
         try:
-            return _run(argv, config, Path(listing.name))
+            return _run(argv, config, Path(listing.name), started or (lambda _: None))
         finally:
             Path(listing.name).unlink(missing_ok=True)
 
 
-def _run(argv: list[str], config: Config, listing: Path) -> bool:
+def _run(argv: list[str], config: Config, listing: Path,
+         started: Callable[[subprocess.Popen[bytes] | None], None]) -> bool:
     name = argv[0]
     where = config.path.parent.resolve()
     env = {**os.environ, "AGGREGATOR_CHANGED": str(listing)}
@@ -66,6 +69,14 @@ def _run(argv: list[str], config: Config, listing: Path) -> bool:
     except OSError as e:
         log.error("after_publish %s: cannot start: %s", name, e.strerror or e)
         return False
+    started(process)
+    try:
+        return _wait(process, name, config, listing)
+    finally:
+        started(None)
+
+
+def _wait(process: subprocess.Popen[bytes], name: str, config: Config, listing: Path) -> bool:
     try:
         _, err = process.communicate(timeout=config.after_publish_timeout)
     except subprocess.TimeoutExpired:
@@ -102,6 +113,7 @@ class HookRunner:
         self._config: Config | None = None
         self._wake = threading.Condition()
         self._stopped = False
+        self._running: subprocess.Popen[bytes] | None = None
         self._thread = threading.Thread(target=self._loop, name="after_publish", daemon=True)
         self._thread.start()
 
@@ -112,9 +124,21 @@ class HookRunner:
             self._wake.notify()
 
     def stop(self) -> None:
+        """No more runs; a hook still running is ended (SIGTERM to its group), so a
+        stopped daemon leaves nothing of its own behind."""
         with self._wake:
             self._stopped = True
             self._wake.notify()
+            running = self._running
+        if running is not None and running.poll() is None:
+            try:
+                os.killpg(running.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+    def _started(self, process: subprocess.Popen[bytes] | None) -> None:
+        with self._wake:
+            self._running = process
 
     def _loop(self) -> None:
         while True:
@@ -127,6 +151,6 @@ class HookRunner:
                 config = self._config
             assert config is not None
             try:
-                run_hook(config, changed)
+                run_hook(config, changed, self._started)
             except Exception:  # the hook thread must outlive any one run
                 log.exception("after_publish failed")
