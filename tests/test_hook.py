@@ -219,7 +219,7 @@ def test_the_hugo_recipe_rebuilds_a_site_from_the_store(feed_server: FeedServer,
     config = setup(feed_server, tmp_path, [hugo, "--source", "site", "--quiet"])
     (tmp_path / "site").mkdir()
     (tmp_path / "site" / "hugo.yaml").write_text(
-        HUGO_SITE.format(store=json.dumps(str((tmp_path / "store").resolve()))))
+        HUGO_SITE.format(store="../store"))  # as the README's recipe says
     poll_json(config)
     result = run_cli("publish", config=config, timeout=120)
     assert_clean_exit(result, 0)
@@ -230,3 +230,29 @@ def test_the_hugo_recipe_rebuilds_a_site_from_the_store(feed_server: FeedServer,
     poll_json(config)
     assert_clean_exit(run_cli("publish", config=config, timeout=120), 0)
     assert news_item(5)["title"] in (tmp_path / "site" / "public" / "index.xml").read_text()
+
+
+@pytest.mark.parametrize(("value", "message"), [
+    ("hugo --source site", "after_publish: expected a list of arguments like "
+                           "[hugo, --source, site], got 'hugo --source site'"),
+    ([], "after_publish: expected a list of arguments"),
+    (["hugo", {"source": "site"}], "after_publish: expected a list of arguments"),
+    (["hugo", True], "after_publish: expected a list of arguments"),
+])
+def test_after_publish_must_be_a_list_of_strings(tmp_path: Path, value: object,
+                                                 message: str) -> None:
+    config = write_config(tmp_path, [{"id": "a", "url": "a.xml"}])
+    set_top(config, after_publish=value)
+    result = run_cli("publish", config=config)
+    assert result.returncode == 2
+    (line,) = result.stderr.strip().splitlines()
+    assert line.startswith("aggregator: ") and "feeds.yaml:" in line and message in line, line
+    assert not (tmp_path / "public").exists() and not (tmp_path / "store").exists()
+
+
+def test_after_publish_timeout_must_be_a_duration(tmp_path: Path) -> None:
+    config = write_config(tmp_path, [{"id": "a", "url": "a.xml"}])
+    set_top(config, after_publish=["true"], after_publish_timeout="forever")
+    result = run_cli("publish", config=config)
+    assert result.returncode == 2
+    assert "after_publish_timeout: expected a duration like 10m, got 'forever'" in result.stderr
