@@ -159,7 +159,10 @@ class Daemon:
             log.exception("%s: poll failed", source_id)
             self._reschedule(source, unrecorded=True)
             return
-        record_polls(self.ws.index, [report], utc_now())  # the daemon's round is one source
+        try:  # the daemon's round is one source: one small write per poll
+            record_polls(self.ws.index, [report], utc_now())
+        except Exception:  # metrics must not stop this source's schedule
+            log.exception("%s: cannot record the poll's metrics", source_id)
         if report.status == "error":
             log.warning("poll %s error %s (%.1fs)", source_id, report.error, report.seconds)
         elif report.status == "skipped":

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Iterator, Sequence
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from prometheus_client.core import (
@@ -158,7 +158,7 @@ class StoreCollector(Collector):
         yield from self._source_gauges(states)
 
     def _source_gauges(self, states: dict[str, SourceState]) -> Iterator[Any]:
-        now = datetime.now().astimezone()
+        now = datetime.now(UTC)  # a scrape is an edge: it may read the clock
         backoff = disabled = enabled = 0
         for source in self.config.sources:
             state = states.get(source.id, SourceState())
