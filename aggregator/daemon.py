@@ -225,6 +225,11 @@ class Daemon:
                  result.get("written", 0))
         if result.get("changed") and self.config.after_publish:
             self.hooks.submit(self.config, result["changed"])
+        # `interval: auto` reads item dates from what a publish listed: a source polled
+        # before this publish (a new one, say) takes up its own rhythm now, not a poll later.
+        for source in self.config.sources:
+            if source.interval_auto and self.scheduler.get_job(f"poll:{source.id}"):
+                self._reschedule(source)
 
     def _publish_failed(self, started: datetime, error: str) -> None:
         try:

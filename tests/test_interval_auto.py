@@ -114,3 +114,38 @@ def test_bad_interval_is_a_config_error(tmp_path: Path, value: object, message: 
     assert "feeds.yaml:" in result.stderr and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "store").exists()  # nothing written
+
+
+def test_the_daemon_schedules_auto_sources_at_their_rhythm(feed_server: FeedServer,
+                                                           tmp_path: Path) -> None:
+    from aggregator.daemon import Daemon
+    from tests.daemon_helpers import wait_until
+
+    feed_server.route("/busy.xml", body=rss_feed(_items(20 * M, 0)))
+    feed_server.route("/slow.xml", body=rss_feed(_items(3 * D, 100)))
+    config = write_config(tmp_path, [
+        {"id": "busy", "url": feed_server.url("/busy.xml")},
+        {"id": "slow", "url": feed_server.url("/slow.xml")}], defaults={"interval": "auto"})
+    daemon = Daemon(config, load_config(config), workers=2)
+
+    def due_in(source_id: str) -> timedelta | None:
+        job = daemon.scheduler.get_job(f"poll:{source_id}")
+        state = daemon.ws.index.source_state(source_id)
+        if job is None or job.next_run_time is None or state.last_poll is None:
+            return None
+        return job.next_run_time - datetime.fromisoformat(state.last_poll)
+
+    try:
+        daemon.start()
+        # Polled at once, published, then rescheduled from the published items' dates
+        # (before they are known: the 30m fallback).
+        wait_until(lambda: (d := due_in("slow")) is not None and d > 23 * H,
+                   what="the slow feed scheduled a day after its poll")
+        wait_until(lambda: (d := due_in("busy")) is not None and d < 25 * M,
+                   what="the busy feed scheduled 20 minutes after its poll")
+        busy, slow = due_in("busy"), due_in("slow")
+        assert busy is not None and 20 * M <= busy <= 22 * M  # + up to 10 % jitter
+        assert slow is not None and 24 * H <= slow <= 24 * H + 5 * M
+    finally:
+        daemon.shutdown()
+        daemon.ws.close()
