@@ -184,6 +184,9 @@ def poll(ctx: Context, ids: tuple[str, ...], as_json: bool, force: bool) -> None
 
             reports = run_poll(ws, sources, utc_now, force=force,
                                on_report=on_report if show else None)
+        from aggregator.metrics import record_polls
+
+        record_polls(ws.index, reports, utc_now())  # one write for the whole round
         if terminal:
             _summary_table(reports)
     new = sum(r.new for r in reports)
@@ -205,14 +208,35 @@ def poll(ctx: Context, ids: tuple[str, ...], as_json: bool, force: bool) -> None
 # -- publish ------------------------------------------------------------------------------
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--no-hook", is_flag=True, hidden=True,
+              help="Do not run after_publish (the daemon runs it on a thread of its own).")
 @_quiet_option
 @click.pass_obj
-def publish(ctx: Context, as_json: bool) -> None:
+def publish(ctx: Context, as_json: bool, no_hook: bool) -> None:
     """Write every feed (RSS, Atom, JSON Feed), index.html and feeds.opml to the output."""
+    import time
+
+    from aggregator.metrics import record_publish
     from aggregator.publish import publish as run_publish
 
     with errors_to_exit(), _open(ctx) as ws:
-        result = run_publish(ws)
+        started = time.monotonic()
+        try:
+            result = run_publish(ws)
+        except AggregatorError as e:
+            record_publish(ws.index, time.monotonic() - started, utc_now(), ok=False,
+                           error=str(e))
+            raise
+        record_publish(ws.index, time.monotonic() - started, utc_now(), ok=not result.failed,
+                       written=result.written, removed=result.removed,
+                       error=f"{len(result.failed)} feeds could not be built"
+                       if result.failed else None)
+    output = ws.config.output_dir.resolve()
+    changed = [str(output.joinpath(*p.split("/"))) for p in result.changed_paths]
+    if changed and not no_hook and ws.config.after_publish:
+        from aggregator.hook import run_hook
+
+        run_hook(ws.config, changed)  # a failure is logged; the exit code stays the publish's
     for problem in result.broken:
         click.echo(f"skipped broken store file {problem}", err=True)
     for failure in result.failed:
@@ -221,7 +245,7 @@ def publish(ctx: Context, as_json: bool) -> None:
         click.echo(json.dumps({"feeds": result.feeds, "written": result.written,
                                "unchanged": result.unchanged, "removed": result.removed,
                                "items": result.items, "broken": [str(b) for b in result.broken],
-                               "failed": result.failed,
+                               "failed": result.failed, "changed": changed,
                                "output": str(ws.config.output_dir)},
                               ensure_ascii=False, indent=2))
     elif not ctx.quiet:
@@ -232,6 +256,11 @@ def publish(ctx: Context, as_json: bool) -> None:
 
 
 # -- serve and daemon -----------------------------------------------------------------------
+def _metrics_option(f: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--metrics-per-source", is_flag=True,
+                        help="Also label /metrics by source id (one series per source).")(f)
+
+
 def _bind(value: str) -> tuple[str, int]:
     host, sep, port = value.rpartition(":")
     if not sep or not port.isdigit() or not host or int(port) > 65535:
@@ -242,17 +271,24 @@ def _bind(value: str) -> tuple[str, int]:
 @main.command()
 @click.option("--bind", default="127.0.0.1:8000", show_default=True, metavar="HOST:PORT",
               help="Where to listen.")
+@_metrics_option
 @click.pass_obj
-def serve(ctx: Context, bind: str) -> None:
-    """Serve the output directory over HTTP (ETag, gzip, 304s) for feed readers."""
+def serve(ctx: Context, bind: str, metrics_per_source: bool) -> None:
+    """Serve the output directory over HTTP (ETag, gzip, 304s) for feed readers, with
+    /metrics (Prometheus) and /healthz."""
+    from aggregator.index import Index
+    from aggregator.monitor import Monitor
     from aggregator.serve import run_server
 
     host, port = _bind(bind)
     config = ctx.config()
     config.output_dir.mkdir(parents=True, exist_ok=True)
     with errors_to_exit():
+        monitor = Monitor(lambda: config, Index(config.store_dir / ".aggregator" / "index.sqlite"),
+                          per_source=metrics_per_source)
         try:
-            run_server(config.output_dir, host, port, ready=lambda h, p: click.echo(
+            run_server(config.output_dir, host, port, routes=monitor.answer,
+                       ready=lambda h, p: click.echo(
                 f"serving {config.output_dir} on http://{h}:{p}/", err=True))
         except KeyboardInterrupt:
             pass
@@ -263,15 +299,18 @@ def serve(ctx: Context, bind: str) -> None:
 @click.option("--bind", default="127.0.0.1:8000", show_default=True, metavar="HOST:PORT",
               help="Where --serve listens.")
 @click.option("--workers", default=8, show_default=True, help="Sources polled at once.")
+@_metrics_option
 @click.pass_obj
-def daemon(ctx: Context, with_server: bool, bind: str, workers: int) -> None:
+def daemon(ctx: Context, with_server: bool, bind: str, workers: int,
+           metrics_per_source: bool) -> None:
     """Poll every source at its interval, publish after changes; runs until SIGTERM."""
     from aggregator.daemon import run_daemon
 
     address = _bind(bind) if with_server else None
     ctx.config()  # a bad config is exit 2 before anything starts
     with errors_to_exit():
-        run_daemon(ctx.config_file, serve_at=address, workers=workers)
+        run_daemon(ctx.config_file, serve_at=address, workers=workers,
+                   metrics_per_source=metrics_per_source)
 
 
 # -- sources, check, reindex ----------------------------------------------------------------
@@ -280,7 +319,7 @@ def daemon(ctx: Context, with_server: bool, bind: str, workers: int) -> None:
 @click.pass_obj
 def sources(ctx: Context, as_json: bool) -> None:
     """Each source's last poll, status, errors, next poll and items in the store."""
-    from aggregator.schedule import effective_interval, next_poll_at, skip_reason
+    from aggregator.schedule import AUTO_ITEMS, interval_choice, next_poll_at, skip_reason
 
     now = utc_now()
     with errors_to_exit(), _open(ctx) as ws:
@@ -290,14 +329,19 @@ def sources(ctx: Context, as_json: bool) -> None:
             from aggregator.index import SourceState
 
             state = states.get(source.id, SourceState())
+            dates = (ws.index.source_item_times(source.id, AUTO_ITEMS)
+                     if source.interval_auto else ())
+            chosen = interval_choice(source, state, dates)
             rows.append({
                 "id": source.id, "url": source.url, "enabled": source.enabled,
                 "title": source.title or state.title,
                 "last_poll": state.last_poll, "status": state.last_status,
                 "error": state.last_error, "error_count": state.error_count,
-                "next_poll": next_poll_at(source, state, now).isoformat(timespec="seconds")
-                if source.enabled else None,
-                "interval": format_duration(effective_interval(source, state)),
+                "next_poll": next_poll_at(source, state, now, dates=dates).isoformat(
+                    timespec="seconds") if source.enabled else None,
+                "interval": format_duration(chosen.interval),
+                "interval_seconds": int(chosen.interval.total_seconds()),
+                "interval_reason": chosen.reason,
                 "waiting": skip_reason(source, state, now),
                 "items": ws.index.count_items(source.id),
             })
@@ -308,12 +352,14 @@ def sources(ctx: Context, as_json: bool) -> None:
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for col in ("id", "status", "last poll", "errors", "next poll", "every", "items", "note"):
+    for col in ("id", "status", "last poll", "errors", "next poll", "every", "why", "items",
+                "note"):
         table.add_column(col)
     for r in rows:
         table.add_row(r["id"], r["status"] or "never", _short(r["last_poll"]),
                       str(r["error_count"]), _short(r["next_poll"]) if r["enabled"] else "disabled",
-                      r["interval"], str(r["items"]), r["waiting"] or r["error"] or "")
+                      r["interval"], r["interval_reason"], str(r["items"]),
+                      r["waiting"] or r["error"] or "")
     Console(width=200 if not sys.stdout.isatty() else None).print(table)
 
 

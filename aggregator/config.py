@@ -36,7 +36,8 @@ RESERVED_FRONT_MATTER = frozenset(
 )
 
 SITE_KEYS = {"title", "description", "base_url", "language", "timezone", "websub_hub"}
-TOP_KEYS = {"site", "store", "output", "defaults", "front_matter", "sources"}
+TOP_KEYS = {"site", "store", "output", "defaults", "front_matter", "sources", "after_publish",
+            "after_publish_timeout"}
 DEFAULT_KEYS = {"interval", "timeout", "max_bytes", "keep_items"}
 SOURCE_KEYS = {
     "id", "url", "title", "categories", "tags", "lang", "interval", "timeout",
@@ -354,9 +355,10 @@ def validate(document: Any, path: Path) -> Config:
 
     defaults_node = check.mapping(top.get("defaults"), "defaults", DEFAULT_KEYS, top, "defaults")
     base = Defaults()
+    interval, interval_auto = _interval(check, defaults_node, "defaults", base.interval, False)
     defaults = Defaults(
-        interval=check.converted(defaults_node, "interval", "defaults", parse_duration,
-                                 "a duration like 15m", base.interval),
+        interval=interval,
+        interval_auto=interval_auto,
         timeout=check.converted(defaults_node, "timeout", "defaults",
                                 lambda v: parse_duration(v).total_seconds(),
                                 "a duration like 20s", base.timeout),
@@ -392,6 +394,11 @@ def validate(document: Any, path: Path) -> Config:
         seen[source.id] = i
         sources.append(source)
 
+    hook = top.get("after_publish")
+    if hook is not None and (not isinstance(hook, list) or not hook or any(
+            isinstance(a, bool) or not isinstance(a, str | int | float) for a in hook)):
+        raise check.fail(f"expected a list of arguments like [hugo, --source, site], got "
+                         f"{_show(hook)}", "after_publish", None, top, "after_publish")
     return Config(
         path=path,
         site=site,
@@ -400,7 +407,23 @@ def validate(document: Any, path: Path) -> Config:
         defaults=defaults,
         front_matter=freeze(_plain(front_matter)),
         sources=tuple(sources),
+        after_publish=tuple(str(a) for a in hook or ()),
+        after_publish_timeout=check.converted(
+            top, "after_publish_timeout", "", lambda v: parse_duration(v).total_seconds(),
+            "a duration like 10m", 600.0),
     )
+
+
+def _interval(check: _Checker, node: Mapping[str, Any], key: str, default: timedelta,
+              default_auto: bool) -> tuple[timedelta, bool]:
+    """``interval``: a duration, or ``auto`` (follow the feed; ``default`` until then)."""
+    value = node.get("interval")
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return default, True
+    if value is None:
+        return default, default_auto
+    return check.converted(node, "interval", key, parse_duration,
+                           "a duration like 15m", default), False
 
 
 def _source(check: _Checker, node: Mapping[str, Any], key: str, base_dir: Path,
@@ -429,6 +452,8 @@ def _source(check: _Checker, node: Mapping[str, Any], key: str, base_dir: Path,
                                  f"{key}.{name}[{j}]", None, listed if listed is not None
                                  else node, j if listed is not None else name) from None
         patterns[name] = values
+    interval, interval_auto = _interval(check, node, key, defaults.interval,
+                                        defaults.interval_auto)
     return Source(
         id=source_id,
         url=url,
@@ -436,8 +461,8 @@ def _source(check: _Checker, node: Mapping[str, Any], key: str, base_dir: Path,
         categories=check.strings(node, "categories", key) or (source_id,),
         tags=check.strings(node, "tags", key) or (),
         lang=check.string(node, "lang", key),
-        interval=check.converted(node, "interval", key, parse_duration, "a duration like 15m",
-                                 defaults.interval),
+        interval=interval,
+        interval_auto=interval_auto,
         timeout=check.converted(node, "timeout", key, lambda v: parse_duration(v).total_seconds(),
                                 "a duration like 20s", defaults.timeout),
         max_bytes=check.converted(node, "max_bytes", key, parse_size, "a size like 10MB",

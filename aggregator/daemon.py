@@ -31,10 +31,12 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from aggregator.config import load_config
 from aggregator.errors import ConfigError
 from aggregator.fetch import Fetcher
+from aggregator.hook import HookRunner
 from aggregator.lock import DaemonLock
+from aggregator.metrics import record_polls, record_publish
 from aggregator.model import Config, Source
 from aggregator.pipeline import Workspace, fetch_stage, parser_chain, store_stage
-from aggregator.schedule import next_poll_at
+from aggregator.schedule import AUTO_ITEMS, next_poll_at
 from aggregator.store import Store, sweep_temp_files
 
 log = logging.getLogger("aggregator.daemon")
@@ -63,8 +65,12 @@ def _config_signature(path: Path) -> tuple[int, int] | None:
 
 class Daemon:
     def __init__(self, config_path: Path, config: Config, *, workers: int = 8,
-                 serve_at: tuple[str, int] | None = None) -> None:
+                 serve_at: tuple[str, int] | None = None,
+                 metrics_per_source: bool = False) -> None:
         self.config_path = config_path
+        self.started = utc_now()  # /healthz gives a young daemon two intervals
+        self.metrics_per_source = metrics_per_source
+        self.hooks = HookRunner()  # after_publish, off the poll and publish paths
         self.ws = Workspace(config)
         self.stop = threading.Event()
         self.fetcher = Fetcher(stop=self.stop)
@@ -91,10 +97,14 @@ class Daemon:
             sweep_temp_files(self.ws.store.tmp_dir)
         self.publish()
         if self.serve_at:
+            from aggregator.monitor import Monitor
             from aggregator.serve import make_server
 
             host, port = self.serve_at
-            self.server = make_server(self.config.output_dir, host, port)
+            monitor = Monitor(lambda: self.config, self.ws.index, started=self.started,
+                              per_source=self.metrics_per_source)
+            self.server = make_server(self.config.output_dir, host, port,
+                                      routes=monitor.answer)
             self._server_thread = threading.Thread(target=self.server.run, name="serve",
                                                    daemon=True)
             self._server_thread.start()
@@ -113,6 +123,7 @@ class Daemon:
         """Stop scheduling; wait (bounded) for in-flight writes; leave nothing half-done."""
         self.stop.set()
         self.scheduler.shutdown(wait=False)
+        self.hooks.stop()
         if self.server is not None:
             from aggregator.serve import stop_server
 
@@ -148,6 +159,10 @@ class Daemon:
             log.exception("%s: poll failed", source_id)
             self._reschedule(source, unrecorded=True)
             return
+        try:  # the daemon's round is one source: one small write per poll
+            record_polls(self.ws.index, [report], utc_now())
+        except Exception:  # metrics must not stop this source's schedule
+            log.exception("%s: cannot record the poll's metrics", source_id)
         if report.status == "error":
             log.warning("poll %s error %s (%.1fs)", source_id, report.error, report.seconds)
         elif report.status == "skipped":
@@ -166,7 +181,10 @@ class Daemon:
         if self.stop.is_set():
             return
         now = utc_now()
-        when = next_poll_at(source, self.ws.index.source_state(source.id), now, self.rng)
+        dates = (self.ws.index.source_item_times(source.id, AUTO_ITEMS)
+                 if source.interval_auto else ())
+        when = next_poll_at(source, self.ws.index.source_state(source.id), now, self.rng,
+                            dates)
         if unrecorded:  # the poll left no trace in the state: still wait one interval
             when = max(when, now + source.interval)
         self._schedule(source.id, when)
@@ -185,12 +203,14 @@ class Daemon:
             if self.stop.is_set():
                 return
             command = [sys.executable, "-m", "aggregator", "--config", str(self.config_path),
-                       "-q", "publish", "--json"]
+                       "-q", "publish", "--json", "--no-hook"]
+            started = utc_now()
             try:  # the child takes the store's write lock like any other publish
                 done = subprocess.run(command, stdout=subprocess.PIPE, stderr=None,
                                       timeout=PUBLISH_TIMEOUT, check=False, text=True)
             except (OSError, subprocess.TimeoutExpired) as e:
                 log.error("publish failed: %s", e)
+                self._publish_failed(started, str(e))
                 return
         try:
             result = json.loads(done.stdout or "{}")
@@ -198,9 +218,25 @@ class Daemon:
             result = {}
         if done.returncode not in (0, 1) or not result:
             log.error("publish failed (exit %d)", done.returncode)
+            if done.returncode not in (0, 1):  # it died before it could record that itself
+                self._publish_failed(started, f"exit {done.returncode}")
             return
         log.info("published %d feeds (%d files written)", result.get("feeds", 0),
                  result.get("written", 0))
+        if result.get("changed") and self.config.after_publish:
+            self.hooks.submit(self.config, result["changed"])
+        # `interval: auto` reads item dates from what a publish listed: a source polled
+        # before this publish (a new one, say) takes up its own rhythm now, not a poll later.
+        for source in self.config.sources:
+            if source.interval_auto and self.scheduler.get_job(f"poll:{source.id}"):
+                self._reschedule(source)
+
+    def _publish_failed(self, started: datetime, error: str) -> None:
+        try:
+            record_publish(self.ws.index, (utc_now() - started).total_seconds(), utc_now(),
+                           ok=False, error=error)
+        except Exception:  # metrics must not take the daemon down
+            log.exception("cannot record the failed publish")
 
     def check_config(self) -> None:
         """Pick up feeds.yaml edits: sources added, removed or changed; no restart."""
@@ -247,12 +283,13 @@ class Daemon:
 
 
 def run_daemon(config_path: Path, *, serve_at: tuple[str, int] | None = None,
-               workers: int = 8) -> None:
+               workers: int = 8, metrics_per_source: bool = False) -> None:
     """Run until SIGTERM/SIGINT; raises LockedError if another daemon holds the store."""
     config = load_config(config_path)
     lock = DaemonLock(config.store_dir / ".aggregator" / "daemon.lock")
     lock.acquire()
-    daemon = Daemon(config_path, config, workers=workers, serve_at=serve_at)
+    daemon = Daemon(config_path, config, workers=workers, serve_at=serve_at,
+                    metrics_per_source=metrics_per_source)
     stop_requested = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:

@@ -52,6 +52,7 @@ class Defaults:
     timeout: float = 20.0  # seconds, for the whole fetch
     max_bytes: int = 10 * 1024 * 1024
     keep_items: int = 50
+    interval_auto: bool = False  # `interval: auto`; `interval` is then the fallback
 
 
 @dataclass(frozen=True)
@@ -70,6 +71,9 @@ class Source:
     enabled: bool = True
     full_text: bool = False
     line: int | None = None  # where it stands in feeds.yaml, for messages
+    # `interval: auto`: follow the feed's rhythm (schedule.choose_interval); `interval`
+    # is used until two dated items are known.
+    interval_auto: bool = False
 
     @property
     def is_http(self) -> bool:
@@ -85,6 +89,8 @@ class Config:
     defaults: Defaults
     front_matter: FrozenMapping = field(default_factory=dict)
     sources: tuple[Source, ...] = ()
+    after_publish: tuple[str, ...] = ()  # argv run after a publish that changed files
+    after_publish_timeout: float = 600.0  # seconds; then its process group is killed
 
     def source(self, source_id: str) -> Source | None:
         return next((s for s in self.sources if s.id == source_id), None)

@@ -114,6 +114,7 @@ class PublishResult:
     changed_feeds: list[str] = field(default_factory=list)
     changed_urls: list[str] = field(default_factory=list)  # topics to ping a WebSub hub for
     failed: list[str] = field(default_factory=list)  # feeds that could not be built
+    changed_paths: list[str] = field(default_factory=list)  # written or removed, relative
 
 
 # -- load --------------------------------------------------------------------------------------
@@ -862,6 +863,7 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
                 rel = f"{spec.directory}/{name}" if spec.directory else name
                 if write_if_changed(output, rel, data):
                     result.written += 1
+                    result.changed_paths.append(rel)
                     changed = True
                 else:
                     result.unchanged += 1
@@ -871,7 +873,9 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
                                            for n in FEED_FILES)
         lap("build+write")
         for key in stale:
-            result.removed += _remove_feed(output, key)
+            gone = _remove_feed(output, key)
+            result.removed += len(gone)
+            result.changed_paths.extend(gone)
         index.save_feed_records(new_records, stale)
         index.set_meta("publish_slugs", json.dumps(slugs, ensure_ascii=False))
 
@@ -890,6 +894,7 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
                                  slugs["tag"])
         if write_if_changed(output, "index.html", page):
             result.written += 1
+            result.changed_paths.append("index.html")
         else:
             result.unchanged += 1
         # The OPML lists the feeds, not their items: most publishes leave it as it was.
@@ -901,6 +906,7 @@ def publish(ws: Workspace, *, only_if_changed: bool = True) -> PublishResult:
             result.unchanged += 1
         elif write_if_changed(output, "feeds.opml", render_opml(config, counts)):
             result.written += 1
+            result.changed_paths.append("feeds.opml")
         else:
             result.unchanged += 1
         index.set_meta("publish_opml", opml_key)
@@ -1013,16 +1019,17 @@ def _outputs_present(output: Path, records: Mapping[str, FeedRecord]) -> bool:
         os.path.isfile(os.path.join(output, name)) for name in ("index.html", "feeds.opml"))
 
 
-def _remove_feed(output: Path, key: str) -> int:
-    """Delete the files of a feed that no longer has items (a tag nobody uses now)."""
+def _remove_feed(output: Path, key: str) -> list[str]:
+    """Delete the files of a feed that no longer has items (a tag nobody uses now);
+    the relative paths of those that were there."""
     if key == "/":
-        return 0
+        return []
     folder = _safe_output_path(output, key)
-    removed = 0
+    removed: list[str] = []
     for name in FEED_FILES:
         try:
             (folder / name).unlink()
-            removed += 1
+            removed.append(f"{key.strip('/')}/{name}")
         except FileNotFoundError:
             pass
     try:

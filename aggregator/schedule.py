@@ -6,13 +6,19 @@ Every function takes ``now``; none reads the clock (only cli and the daemon do).
 from __future__ import annotations
 
 import random
+from collections.abc import Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
+from statistics import median
 
 from aggregator.index import SourceState
 from aggregator.model import Source
 
 BACKOFF_BASE = timedelta(minutes=1)
 BACKOFF_CAP = timedelta(hours=24)
+AUTO_MIN = timedelta(minutes=15)
+AUTO_MAX = timedelta(hours=24)
+AUTO_ITEMS = 10  # the newest this many dated items set an `interval: auto` source's pace
 
 
 def backoff_delay(error_count: int) -> timedelta:
@@ -49,17 +55,70 @@ def skip_reason(source: Source, state: SourceState, now: datetime) -> str | None
     return None
 
 
-def effective_interval(source: Source, state: SourceState) -> timedelta:
+@dataclass(frozen=True)
+class IntervalChoice:
+    interval: timedelta
+    reason: str  # for `sources`: "auto: median gap of 10 items 58m"
+
+
+def _short(delta: timedelta) -> str:
+    seconds = int(delta.total_seconds())
+    if seconds >= 86400 and seconds % 3600 == 0:
+        return f"{seconds // 86400}d{seconds % 86400 // 3600}h".removesuffix("0h")
+    if seconds >= 3600:
+        return f"{seconds // 3600}h{seconds % 3600 // 60}m".removesuffix("0m")
+    return f"{seconds // 60}m" if seconds >= 60 else f"{seconds}s"
+
+
+def choose_interval(configured: timedelta, auto: bool, dates: Sequence[datetime],
+                    feed_asks: timedelta | None) -> IntervalChoice:
+    """Pure: the interval to poll at and why.
+
+    ``auto``: the median gap between the newest AUTO_ITEMS ``dates``, clamped to
+    AUTO_MIN..AUTO_MAX (``configured`` while fewer than two dates are known). Then the
+    feed's own ttl / sy:updatePeriod / Cache-Control (``feed_asks``) lengthens it, never
+    shortens it, even past AUTO_MAX: the publisher asked us to come back less often."""
+    if auto:
+        newest = sorted(dates, reverse=True)[:AUTO_ITEMS]
+        gaps = [a - b for a, b in zip(newest, newest[1:], strict=False)]
+        if gaps:
+            gap = median(gaps)
+            interval = min(max(gap, AUTO_MIN), AUTO_MAX)
+            reason = f"auto: median gap of {len(newest)} items {_short(gap)}"
+            if interval != gap:
+                reason += f", clamped to {_short(interval)}"
+        else:
+            interval = configured
+            reason = f"auto: fewer than 2 dated items, {_short(configured)}"
+    else:
+        interval, reason = configured, f"configured {_short(configured)}"
+    if feed_asks is not None and feed_asks > interval:
+        interval = feed_asks
+        reason += f"; the feed asks for {_short(feed_asks)}"
+    return IntervalChoice(interval, reason)
+
+
+def interval_choice(source: Source, state: SourceState,
+                    dates: Sequence[datetime] = ()) -> IntervalChoice:
+    """The source's interval from its config, its item dates and its last poll's hints."""
+    asked = timedelta(seconds=state.min_interval) if state.min_interval else None
+    return choose_interval(source.interval, source.interval_auto, dates, asked)
+
+
+def effective_interval(source: Source, state: SourceState,
+                       dates: Sequence[datetime] = ()) -> timedelta:
     """Our interval, lengthened (never shortened) by the feed's own ttl / max-age."""
-    asked = timedelta(seconds=state.min_interval or 0)
-    return max(source.interval, asked)
+    return interval_choice(source, state, dates).interval
 
 
 def next_poll_at(source: Source, state: SourceState, now: datetime,
-                 rng: random.Random | None = None) -> datetime:
-    """When the daemon should poll a source next, given what its last poll left."""
+                 rng: random.Random | None = None,
+                 dates: Sequence[datetime] = ()) -> datetime:
+    """When the daemon should poll a source next, given what its last poll left
+    (``dates``: its newest items' dates, for ``interval: auto``)."""
     last = _at(state.last_poll)
-    due = (last + effective_interval(source, state)) if last else now
+    every = effective_interval(source, state, dates)
+    due = (last + every) if last else now
     for later in (_at(state.retry_until), _at(state.backoff_until)):
         if later and later > due:
             due = later
@@ -71,7 +130,7 @@ def next_poll_at(source: Source, state: SourceState, now: datetime,
         # to "due now" once its backoff ended and the daemon re-ran it in a tight loop.
         due = max(due, now + BACKOFF_CAP)
     # Up to 10 % jitter (at most 5 min) so sources with one interval do not fire together.
-    spread = min(effective_interval(source, state).total_seconds() * 0.1, 300)
+    spread = min(every.total_seconds() * 0.1, 300)
     if rng is not None and last is not None and spread > 0:
         due += timedelta(seconds=rng.uniform(0, spread))
     return due

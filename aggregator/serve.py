@@ -152,14 +152,20 @@ class _FileIterator:
         self._file.close()
 
 
-def make_app(output_dir: Path) -> WSGIApplication:
+# (status, content type, body) for a path the operator's routes answer (/metrics,
+# /healthz: see monitor.py), else None.
+Routes = Callable[[str], "tuple[int, str, bytes] | None"]
+
+
+def make_app(output_dir: Path, routes: Routes | None = None) -> WSGIApplication:
     """A WSGI application serving the files under ``output_dir``, read-only."""
-    return _OutputApp(Path(output_dir))
+    return _OutputApp(Path(output_dir), routes)
 
 
 class _OutputApp:
-    def __init__(self, output_dir: Path) -> None:
+    def __init__(self, output_dir: Path, routes: Routes | None = None) -> None:
         self._output_dir = output_dir
+        self._routes = routes
         self._info_cache: _LRUCache[tuple[str, int, int, int], _FileInfo] = _LRUCache(
             FILE_INFO_CACHE_ENTRIES, lambda _: 1)
         self._gzip_cache: _LRUCache[str, bytes] = _LRUCache(GZIP_CACHE_BYTES, len)
@@ -167,7 +173,13 @@ class _OutputApp:
     def __call__(self, environ: WSGIEnvironment,
                  start_response: StartResponse) -> Iterable[bytes]:
         method = environ.get("REQUEST_METHOD", "GET").upper()
-        if method in ("GET", "HEAD"):
+        routed = (self._routes(environ.get("PATH_INFO", ""))
+                  if self._routes is not None and method in ("GET", "HEAD") else None)
+        if routed is not None:
+            response = _Response(routed[0], [
+                ("Content-Type", routed[1]), ("Content-Length", str(len(routed[2]))),
+                ("Cache-Control", "no-store")], routed[2])
+        elif method in ("GET", "HEAD"):
             response = self._respond(environ)
         else:
             response = _text_response(HTTPStatus.METHOD_NOT_ALLOWED,
@@ -476,11 +488,12 @@ def _printable(uri: str) -> str:
 
 
 def make_server(output_dir: Path, host: str = "127.0.0.1", port: int = 8000,
-                threads: int = 16) -> BaseWSGIServer | MultiSocketServer:
+                threads: int = 16, routes: Routes | None = None,
+                ) -> BaseWSGIServer | MultiSocketServer:
     """A listening waitress server for ``output_dir``; call ``.run()``, later ``.close()``."""
     try:
         return waitress.create_server(
-            make_app(output_dir), host=host, port=port, threads=threads,
+            make_app(output_dir, routes), host=host, port=port, threads=threads,
             connection_limit=1000, channel_timeout=60, ident="aggregator",
             # poll() rather than select(): select cannot watch descriptors above
             # 1024, which 1000 connections reach, and it fails outright if
@@ -507,9 +520,10 @@ def stop_server(server: BaseWSGIServer | MultiSocketServer) -> None:
 
 
 def run_server(output_dir: Path, host: str = "127.0.0.1", port: int = 8000, *,
-               threads: int = 16, ready: Callable[[str, int], None] | None = None) -> None:
+               threads: int = 16, ready: Callable[[str, int], None] | None = None,
+               routes: Routes | None = None) -> None:
     """Serve ``output_dir`` until interrupted; ``ready`` gets the bound host and port."""
-    server = make_server(output_dir, host, port, threads=threads)
+    server = make_server(output_dir, host, port, threads=threads, routes=routes)
     try:
         if ready is not None:
             ready(*_listening_address(server))
