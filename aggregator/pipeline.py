@@ -531,7 +531,7 @@ def prepare_entries(parsed: ParsedFeed, source: Source, site: Site,
             skipped += 1
             continue
         if item is None:
-            warnings.append("skipped an entry with no id, link, title or text")
+            warnings.append("skipped an entry with no id, link, title, text or image")
             skipped += 1
             continue
         if not chain.passes_filters(source, item.title, item.summary):
