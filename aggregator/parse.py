@@ -25,7 +25,7 @@ from urllib.parse import urljoin
 # This module itself is imported under one lock (pipeline.parser_chain).
 import feedparser
 
-from aggregator.content import absolute_url, first_image, plain_text
+from aggregator.content import absolute_url, first_image, plain_text, scrub_surrogates
 from aggregator.errors import ParseError
 from aggregator.fastparse import MAX_FEED_INTERVAL, parse_fast
 from aggregator.model import Entry, ParsedFeed
@@ -291,8 +291,9 @@ def parse_json_feed(body: bytes, url: str, source_id: str = "") -> ParsedFeed:
     except RecursionError as e:  # '[[[[...' nested deeper than the interpreter's stack
         raise ParseError("not a feed: JSON nested too deeply", source_id=source_id,
                          url=url) from e
-    if not isinstance(doc, dict) or not str(doc.get("version", "")).startswith(
-            "https://jsonfeed.org/version/"):
+    # 1.0 documents often spell the version with http:// (as the 1.0 spec's examples did)
+    if not isinstance(doc, dict) or not str(doc.get("version", "")).strip().startswith(
+            ("https://jsonfeed.org/version/", "http://jsonfeed.org/version/")):
         raise ParseError("not a feed: JSON without a jsonfeed.org version", source_id=source_id,
                          url=url)
     items = doc.get("items")
@@ -310,7 +311,11 @@ def parse_json_feed(body: bytes, url: str, source_id: str = "") -> ParsedFeed:
 
 
 def _text(value: Any) -> str:
-    return str(value).strip() if isinstance(value, str | int | float) and value is not True else ""
+    # scrubbed: a JSON escape "\ud800" is a lone surrogate, which neither a UTF-8 file nor
+    # the index (SQLite) can hold
+    if isinstance(value, str | int | float) and value is not True:
+        return scrub_surrogates(str(value).strip())
+    return ""
 
 
 def _json_date(value: Any) -> datetime | None:

@@ -241,6 +241,18 @@ def test_hand_written_json_feed_1_1() -> None:
     assert (third.entry_id, third.title, third.categories) == (None, "", ())
 
 
+@pytest.mark.parametrize("version", ["https://jsonfeed.org/version/1", "http://jsonfeed.org/version/1",
+                                     "https://jsonfeed.org/version/1.1", " https://jsonfeed.org/version/1 "])
+def test_json_feed_1_0_and_1_1_are_read(version: str) -> None:
+    """1.0 documents spell the version with http:// as often as with https://, and carry
+    one `author` object where 1.1 has an `authors` list."""
+    body = json.dumps({"version": version, "title": "T", "items": [
+        {"id": "1", "title": "one", "author": {"name": "Mei"}, "content_text": "x"},
+        {"id": "2", "title": "two", "authors": [{"name": "Li"}], "content_text": "y"}]}).encode()
+    parsed = parse_feed(body, {"Content-Type": "application/json"}, "https://e.org/f.json", "j")
+    assert [(e.title, e.author) for e in parsed.entries] == [("one", "Mei"), ("two", "Li")]
+
+
 def test_json_feed_detected_without_a_json_content_type() -> None:
     body = b'{"version": "https://jsonfeed.org/version/1", "items": [{"id": "1", "title": "x"}]}'
     parsed = parse_feed(body, {"Content-Type": "text/plain"}, "file:///tmp/feed", "local")
