@@ -265,6 +265,10 @@ def _media_thumbnail(item: etree._Element, base: str) -> str | None:
 
 
 _ELLIPSIS = " .…[]»>"
+TEASER_MIN = 20  # characters of a content that, beginning the summary, make it a teaser
+# A summary this much longer (and twice as long) is the whole post beside a one-liner;
+# a little longer, as "Summary of story 1." beside "New text.", it is only a summary.
+FULLER_BY = 280
 
 
 def richest_body(content: str, summary: str) -> tuple[str, str]:
@@ -274,7 +278,7 @@ def richest_body(content: str, summary: str) -> tuple[str, str]:
     also put a one-line plain text there beside the whole post in the description (a
     3,596-character post stored as its 79-character teaser). The summary is the body
     when it has more text and no fewer images, and the content's text begins it (a
-    teaser) or is less than half of it. Both parse paths choose with this.
+    teaser) or is much shorter. Both parse paths choose with this.
     """
     if summary == content:  # one text twice: no summary of its own
         return content, ""
@@ -285,7 +289,9 @@ def richest_body(content: str, summary: str) -> tuple[str, str]:
             summary.count("<img") < content.count("<img")):
         return content, summary
     head = content_text.rstrip(_ELLIPSIS)[:100]
-    if (head and summary_text.startswith(head)) or len(summary_text) > 2 * len(content_text):
+    if len(head) >= TEASER_MIN and summary_text.startswith(head):
+        return summary, content  # the content is a teaser of the summary
+    if len(summary_text) >= max(2 * len(content_text), len(content_text) + FULLER_BY):
         return summary, content
     return content, summary
 

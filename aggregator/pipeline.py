@@ -601,7 +601,8 @@ class _FeedIndex:
     only for an item that no other entry of this fetch is (a guid seen before, or an
     entry stored before unchanged): several entries with distinct guids are distinct
     items, and an entry with a new guid whose match's entry is gone from the feed is that
-    entry with its guid rotated. Links with different fragments are different items.
+    entry with its guid rotated, unless the link is one the source has given several
+    items (a shared: marker). Links with different fragments are different items.
     """
 
     def __init__(self, ws: Workspace, source: Source, candidates: Iterable[Candidate],
@@ -644,11 +645,11 @@ class _FeedIndex:
         """A new item's keys, and the marker that its link is shared when another item of
         the source (or of this fetch) has the link: from then on, within the source, the
         link tells none of them apart, and a new guid with it is a new item."""
-        path = self._paths.get(f"link:{normalize_link(link)}") if link else None
-        if path is None or not (path in self._claimed or (
-                (record := self.index.item(path)) is not None and record.source == self.source.id)):
+        if not link or (path := self._paths.get(f"link:{normalize_link(link)}")) is None:
             return keys
-        assert link is not None
+        record = self.index.item(path) if path not in self._claimed else None
+        if path not in self._claimed and (record is None or record.source != self.source.id):
+            return keys  # another source's item: this source has one item with the link
         return (*keys[:-1], shared_link_key(self.source.id, link), keys[-1])  # raw: stays last
 
     def _is_shared(self, link_key: str) -> bool:
@@ -686,8 +687,6 @@ class _FeedIndex:
 # the same source's same text (exact for a rotated guid where every item has one link),
 # the link, the hash.
 _ORDER = {"frag": 0, "text": 1, "link": 2, "hash": 3}
-
-
 _NOT_FOUND_BY = len(_ORDER)  # id: (first, above), raw: and shared: (never)
 
 
@@ -708,11 +707,8 @@ def _apply_item(ws: Workspace, known: _FeedIndex, source: Source, c: Candidate,
     path = known.find(keys)
     if path is None:
         keys = known.with_shared_marker(keys, item.link)
-        path = _new_path(ws, known, source, c)
-        if path is None:  # a file of ours from a run killed before its index commit
-            path = known.find(keys)
-            assert path is not None
-        else:
+        path, adopted = _new_path(ws, known, source, c)
+        if not adopted:  # else a file of ours from a run killed before its index commit
             ws.journal.add(path, c.written_hash, source.id, list(keys), chash)
             store.write(path, c.data)
             with index.transaction() as db:
@@ -794,19 +790,20 @@ def recover_journal(ws: Workspace) -> int:
     return recovered
 
 
-def _new_path(ws: Workspace, known: _FeedIndex, source: Source, c: Candidate) -> str | None:
-    """A free path for a new item, or None after adopting a file a killed run left."""
+def _new_path(ws: Workspace, known: _FeedIndex, source: Source,
+              c: Candidate) -> tuple[str, bool]:
+    """A free path for a new item, or (True) the path of a file a killed run left, adopted."""
     base = candidate = c.path
     for n in range(2, 1000):
         if not known.path_taken(candidate):
             data = ws.store.read_bytes(candidate)
             if data is None:
-                return candidate
+                return candidate, False
             if _same_item(ws, data, c.item):
                 with ws.index.transaction() as db:
                     known.record(db, ItemRecord(candidate, source.id, file_hash(data), 0,
                                                 False), c.keys, {source.id: None})
-                return None
+                return candidate, True
         candidate = base[:-3] + f"-{n}.md"
     raise StoreError("no free file name for the item", path=base)
 
