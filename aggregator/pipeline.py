@@ -609,7 +609,7 @@ class _FeedIndex:
                  unchanged: Iterable[str] = ()) -> None:
         self.index, self.store, self.source = ws.index, ws.store, source
         candidates = list(candidates)
-        unchanged = list(unchanged)
+        unchanged = list(unchanged) if candidates else []  # nothing to decide: no query
         shared = {shared_link_key(source.id, c.item.link) for c in candidates if c.item.link}
         self._paths = self.index.find_all({k for c in candidates for k in c.keys}
                                           | set(unchanged) | shared)
