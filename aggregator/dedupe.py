@@ -3,13 +3,16 @@
 Two entries are the same item when any key matches, tried in this order (SPEC §3):
 
 1. ``id:``   same source and same entry id (guid / atom:id);
-2. ``link:`` same normalized link, across sources;
+2. ``link:`` same normalized link, across sources; ``frag:`` the same with its fragment,
+   for links such as ``/2008/06/26.html#a080605`` that tell items of one page apart;
 3. ``hash:`` no id and no link: same title and same date/content hash;
 4. ``text:`` same source, same title and content: catches feeds whose GUIDs change
    on every fetch and that carry no stable link either.
 
 Every key an item was ever known by keeps pointing at it, so an entry whose guid
-rotates still finds its item through its link or its text.
+rotates still finds its item through its link or its text. Which match counts is
+pipeline._FeedIndex's decision: only an id is certain; the other keys can be shared by
+distinct items (a podcast's episodes that all link its home page).
 """
 
 from __future__ import annotations
@@ -116,13 +119,31 @@ def entry_keys(source_id: str, entry_id: str | None, link: str | None, title: st
     if entry_id:
         keys.append(f"id:{source_id}\x00{entry_id.strip()}")
     if link:
-        keys.append(f"link:{normalize_link(link)}")
+        keys += link_keys(link)
     if not entry_id and not link:
         stamp = date.isoformat() if date else digest(_squash(text))
         keys.append(f"hash:{digest(_squash(title), stamp)}")
     if title.strip() or text.strip():
         keys.append(f"text:{source_id}\x00{digest(_squash(title), _squash(text))}")
     return keys
+
+
+def link_keys(link: str) -> list[str]:
+    """``link:`` the normalized link; ``frag:`` it with the link's fragment, when it has one."""
+    normalized = normalize_link(link)
+    fragment = link_fragment(link)
+    return [f"link:{normalized}"] + ([f"frag:{normalized}#{fragment}"] if fragment else [])
+
+
+def link_fragment(link: str | None) -> str:
+    """The fragment of a link ('' for none): what tells items on one page apart."""
+    return link.strip().partition("#")[2] if link and "#" in link else ""
+
+
+def shared_link_key(source_id: str, link: str) -> str:
+    """A marker: this source has several items with this link, so within the source the
+    link identifies none of them (never a key an entry is found by)."""
+    return f"shared:{source_id}\x00{normalize_link(link)}"
 
 
 def content_hash(item: Item) -> str:

@@ -264,6 +264,38 @@ def _media_thumbnail(item: etree._Element, base: str) -> str | None:
     return None
 
 
+_ELLIPSIS = " .…[]»>"
+TEASER_MIN = 20  # characters of a content that, beginning the summary, make it a teaser
+# A summary this much longer (and twice as long) is the whole post beside a one-liner;
+# a little longer, as "Summary of story 1." beside "New text.", it is only a summary.
+FULLER_BY = 280
+
+
+def richest_body(content: str, summary: str) -> tuple[str, str]:
+    """(body, summary) of an entry with both a content and a summary element (HTML).
+
+    The content (content:encoded, atom:content) is the full text as a rule; but feeds
+    also put a one-line plain text there beside the whole post in the description (a
+    3,596-character post stored as its 79-character teaser). The summary is the body
+    when it has more text and no fewer images, and the content's text begins it (a
+    teaser) or is much shorter. Both parse paths choose with this.
+    """
+    if summary == content:  # one text twice: no summary of its own
+        return content, ""
+    if not content or not summary or len(summary) <= len(content):
+        return (content or summary), (summary if content else "")
+    content_text, summary_text = plain_text(content), plain_text(summary)
+    if len(summary_text) <= len(content_text) or (
+            summary.count("<img") < content.count("<img")):
+        return content, summary
+    head = content_text.rstrip(_ELLIPSIS)[:100]
+    if len(head) >= TEASER_MIN and summary_text.startswith(head):
+        return summary, content  # the content is a teaser of the summary
+    if len(summary_text) >= max(2 * len(content_text), len(content_text) + FULLER_BY):
+        return summary, content
+    return content, summary
+
+
 # -- RSS 2.0 -------------------------------------------------------------------------------
 def _rss2(root: etree._Element, url: str) -> ParsedFeed:
     channel = root.find("channel")
@@ -292,7 +324,7 @@ def _rss2_item(item: etree._Element, feed_base: str) -> Entry:
         link = absolute_url(guid, None)  # feedparser does the same for permalink guids
     description = _html(_child(children, "description"))
     encoded = _html(_child(children, f"{{{CONTENT}}}encoded"))
-    content = encoded or description
+    content, summary = richest_body(encoded, description)
     base = link or feed_base
     date = (_date(_text(_child(children, "pubDate")))
             or _date(_text(_child(children, f"{{{DC}}}date"))))
@@ -310,7 +342,7 @@ def _rss2_item(item: etree._Element, feed_base: str) -> Entry:
         link=link,
         title=" ".join(plain_text(_text(_child(children, "title"))).split()),
         content_html=content,
-        summary_html=description if encoded else "",
+        summary_html=summary,
         published=date,
         updated=None,
         author=plain_text(author) or None,
@@ -386,7 +418,7 @@ def _atom_entry(entry: etree._Element, feed_base: str) -> Entry:
         summary = escape(summary)
     if content and not content_html:
         content = "<p>" + escape(content).replace("\n\n", "</p><p>") + "</p>"
-    body = content or summary
+    body, summary = richest_body(content, summary)
     author = entry.find(f"{{{ATOM}}}author/{{{ATOM}}}name")
     categories = []
     for cat in children.get(f"{{{ATOM}}}category", ()):
@@ -404,7 +436,7 @@ def _atom_entry(entry: etree._Element, feed_base: str) -> Entry:
         link=link,
         title=plain_text(title) if title_html else " ".join(title.split()),
         content_html=body,
-        summary_html=summary if content else "",
+        summary_html=summary,
         published=_date(_text(_child(children, f"{{{ATOM}}}published"))),
         updated=_date(_text(_child(children, f"{{{ATOM}}}updated"))),
         author=plain_text(_text(author)) or None,
@@ -437,14 +469,14 @@ def _rss1_item(item: etree._Element, feed_base: str) -> Entry:
     about = item.get(f"{{{RDF}}}about")
     description = _html(_child(children, f"{{{RSS1}}}description"))
     encoded = _html(_child(children, f"{{{CONTENT}}}encoded"))
-    content = encoded or description
+    content, summary = richest_body(encoded, description)
     base = link or feed_base
     return Entry(
         entry_id=about or None,
         link=link or absolute_url(about, None),
         title=" ".join(plain_text(_text(_child(children, f"{{{RSS1}}}title"))).split()),
         content_html=content,
-        summary_html=description if encoded else "",
+        summary_html=summary,
         published=None,
         updated=_date(_text(_child(children, f"{{{DC}}}date"))),
         author=plain_text(_text(_child(children, f"{{{DC}}}creator"))) or None,

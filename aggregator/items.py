@@ -5,15 +5,15 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 from dataclasses import replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Any
 from zoneinfo import ZoneInfo
 
 from aggregator.content import (
     absolute_url,
+    first_image,
     html_to_markdown,
-    markdown_image,
     markdown_link,
     markdown_url,
     plain_text,
@@ -24,6 +24,7 @@ from aggregator.content import (
     title_from_text,
 )
 from aggregator.dedupe import digest, merge_terms
+from aggregator.html2md import escape_text
 from aggregator.model import Entry, Item, ParsedFeed, Site, Source, freeze
 from aggregator.slug import hugo_urlize
 
@@ -31,6 +32,9 @@ SUMMARY_LIMIT = 200
 # Dates more than this far ahead are a publisher's mistake: the item is dated when first seen.
 FUTURE_SLACK = timedelta(days=1)
 EPOCH_FLOOR = datetime(1970, 1, 2).astimezone()
+# Before this, a date is a generator's "zero" (Go's and Hugo's 0001-01-01), not a date.
+ZERO_DATE_BEFORE = datetime(1000, 1, 1, tzinfo=UTC)
+_IMG_ALT = re.compile(r"<img\b[^>]*?\balt=\"([^\"]*)\"", re.I)
 
 
 def source_title(source: Source, feed: ParsedFeed | None) -> str:
@@ -59,25 +63,36 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
     title = entry.title.strip() or title_from_text(text)
     if not title:
         title = plain_text(entry.summary_html)[:80] or ""
-    if not (entry.entry_id or entry.link or title or text):
+    thumbnail = absolute_url(entry.thumbnail, entry.base_url) if entry.thumbnail else None
+    image = thumbnail or first_image(clean_html)
+    if not (entry.entry_id or entry.link or title or text or image):
         return None
+    date = entry.published or entry.updated
+    if date is not None and date < ZERO_DATE_BEFORE:
+        date = None  # dated when first seen, as an entry without a date
+    if not title and (alt := _IMG_ALT.search(clean_html)):
+        title = plain_text(alt.group(1))  # SPEC §3: else an image's alt text
+    if not title and image and not (entry.entry_id or entry.link):
+        # An entry of only an image is stored too: titled by its source and its date (the
+        # feed's, not now's: the title keys an entry with no id or link).
+        title = " ".join([source_title(source, feed)]
+                         + ([date.astimezone(tz).date().isoformat()] if date else []))
     if not title:
         title = entry.link or entry.entry_id or "untitled"
     summary_source = plain_text(sanitize_html(entry.summary_html)) if entry.summary_html else text
     summary = shorten(summary_source or text, SUMMARY_LIMIT)
 
-    date = entry.published or entry.updated
     if date is None or date > now + FUTURE_SLACK:
         date = now
     elif date < EPOCH_FLOOR:
         date = EPOCH_FLOOR
     date = date.astimezone(tz).replace(microsecond=0)
 
-    thumbnail = absolute_url(entry.thumbnail, entry.base_url) if entry.thumbnail else None
     body = html_to_markdown(clean_html)
     # The body holds URLs as Markdown link targets (percent-encoded): look for that form too.
     if thumbnail and thumbnail not in body and markdown_url(thumbnail) not in body:
-        body = markdown_image(title, thumbnail) + ("\n\n" + body if body else "")
+        # The title is plain text: escaped, or its '<i>' would be raw HTML in the Markdown.
+        body = f"![{escape_text(title)}]({markdown_url(thumbnail)})" + ("\n\n" + body if body else "")
     if entry.link:
         body = (body + "\n\n" if body else "") + markdown_link(source_title(source, feed),
                                                               entry.link)

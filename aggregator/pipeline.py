@@ -40,11 +40,14 @@ from aggregator.dedupe import (
     content_hash,
     digest,
     entry_keys,
+    link_fragment,
+    link_keys,
     normalize_link,
+    shared_link_key,
 )
 from aggregator.errors import AggregatorError, FetchError, SourceError, StoreError
 from aggregator.fetch import Fetcher
-from aggregator.index import Index, ItemRecord, SourceState, now_iso
+from aggregator.index import ItemRecord, SourceState, now_iso
 from aggregator.model import (
     Config,
     Entry,
@@ -494,6 +497,8 @@ class Prepared:
     items: tuple[Candidate, ...]
     skipped: int = 0
     warnings: tuple[str, ...] = ()
+    # raw: keys of the feed's entries left out as stored before: they are in this fetch
+    unchanged: tuple[str, ...] = ()
 
 
 def raw_key(entry: Entry, source_id: str, settings: str) -> str:
@@ -517,9 +522,11 @@ def prepare_entries(parsed: ParsedFeed, source: Source, site: Site,
     skipped = 0
     settings = item_settings(source, site, front_matter)
     chain = parser_chain()
+    unchanged: list[str] = []
     for entry in parsed.entries:
         raw = raw_key(entry, source.id, settings)
         if raw in known_raw:
+            unchanged.append(raw)
             continue
         try:
             item = chain.build_item(entry, source, parsed, site, front_matter, now)
@@ -531,7 +538,7 @@ def prepare_entries(parsed: ParsedFeed, source: Source, site: Site,
             skipped += 1
             continue
         if item is None:
-            warnings.append("skipped an entry with no id, link, title or text")
+            warnings.append("skipped an entry with no id, link, title, text or image")
             skipped += 1
             continue
         if not chain.passes_filters(source, item.title, item.summary):
@@ -541,7 +548,8 @@ def prepare_entries(parsed: ParsedFeed, source: Source, site: Site,
         keys.append(raw)  # last: never the key an item is found by, only skipped by
         candidates.append(candidate(source, item, keys,
                                     (entry.published or entry.updated) is not None))
-    return Prepared(replace(parsed, entries=()), tuple(candidates), skipped, tuple(warnings))
+    return Prepared(replace(parsed, entries=()), tuple(candidates), skipped, tuple(warnings),
+                    tuple(unchanged))
 
 
 def prepare_in_worker(body: bytes, headers: dict[str, str], url: str, source: Source,
@@ -567,7 +575,7 @@ def apply_feed(ws: Workspace, source: Source, prepared: Prepared, now: datetime)
         recover_journal(ws)
         try:
             with ws.index.transaction():
-                known = _FeedIndex(ws.index, candidates)
+                known = _FeedIndex(ws, source, candidates, prepared.unchanged)
                 for c in candidates:
                     outcome = _apply_item(ws, known, source, c, now)
                     new += outcome == "new"
@@ -585,16 +593,79 @@ class _FeedIndex:
     """The index as one feed's storing sees it: the keys and paths its items could meet,
     read in two queries up front (not two per item), plus what the feed adds as it goes.
     Used inside the feed's transaction, under the write lock: nothing else writes the
-    index meanwhile, and keys and items are only ever added there."""
+    index meanwhile, and keys and items are only ever added there.
 
-    def __init__(self, index: Index, candidates: Iterable[Candidate]) -> None:
-        self.index = index
+    It decides which stored item an entry is (SPEC §3). An id of the source is certain.
+    A link, text or hash can be shared by distinct items: a podcast whose episodes all
+    link its home page, a blog's comments that link the post. So such a match is taken
+    only for an item that no other entry of this fetch is (a guid seen before, or an
+    entry stored before unchanged): several entries with distinct guids are distinct
+    items, and an entry with a new guid whose match's entry is gone from the feed is that
+    entry with its guid rotated, unless the link is one the source has given several
+    items (a shared: marker). Links with different fragments are different items.
+    """
+
+    def __init__(self, ws: Workspace, source: Source, candidates: Iterable[Candidate],
+                 unchanged: Iterable[str] = ()) -> None:
+        self.index, self.store, self.source = ws.index, ws.store, source
         candidates = list(candidates)
-        self._paths = index.find_all({k for c in candidates for k in c.keys})
-        self._taken = index.paths_taken({c.path for c in candidates})
+        unchanged = list(unchanged) if candidates else []  # nothing to decide: no query
+        shared = {shared_link_key(source.id, c.item.link) for c in candidates if c.item.link}
+        self._paths = self.index.find_all({k for c in candidates for k in c.keys}
+                                          | set(unchanged) | shared)
+        self._taken = self.index.paths_taken({c.path for c in candidates})
+        # path -> the entry of this fetch that is that item: its id key, else its raw key
+        self._claimed: dict[str, str] = {}
+        for key in unchanged:
+            if key in self._paths:
+                self._claimed.setdefault(self._paths[key], key)
+        for c in candidates:
+            if c.keys[0].startswith("id:") and c.keys[0] in self._paths:
+                self._claimed.setdefault(self._paths[c.keys[0]], c.keys[0])
 
     def find(self, keys: Iterable[str]) -> str | None:
-        return next((self._paths[k] for k in keys if k in self._paths), None)
+        keys = list(keys)
+        identity = _identity(keys)
+        if keys[0].startswith("id:") and keys[0] in self._paths:
+            return self._paths[keys[0]]
+        link = next((k for k in keys if k.startswith("link:")), None)
+        shared = link is not None and self._is_shared(link)
+        for key in sorted(keys, key=_find_order):
+            path = self._paths.get(key)
+            if path is None or _find_order(key) == _NOT_FOUND_BY:
+                continue
+            if self._claimed.get(path, identity) != identity:
+                continue  # another entry of this fetch is that item
+            if key.startswith("link:") and (shared or self._other_fragment(path, keys)):
+                continue
+            return path
+        return None
+
+    def with_shared_marker(self, keys: tuple[str, ...], link: str | None) -> tuple[str, ...]:
+        """A new item's keys, and the marker that its link is shared when another item of
+        the source (or of this fetch) has the link: from then on, within the source, the
+        link tells none of them apart, and a new guid with it is a new item."""
+        if not link or (path := self._paths.get(f"link:{normalize_link(link)}")) is None:
+            return keys
+        record = self.index.item(path) if path not in self._claimed else None
+        if path not in self._claimed and (record is None or record.source != self.source.id):
+            return keys  # another source's item: this source has one item with the link
+        return (*keys[:-1], shared_link_key(self.source.id, link), keys[-1])  # raw: stays last
+
+    def _is_shared(self, link_key: str) -> bool:
+        return f"shared:{self.source.id}\x00{link_key[5:]}" in self._paths
+
+    def _other_fragment(self, path: str, keys: list[str]) -> bool:
+        """Whether the stored item's link has another fragment than this entry's."""
+        frag = next((k for k in keys if k.startswith("frag:")), None)
+        if frag is None:
+            return False
+        data = self.store.read_bytes(path)
+        try:
+            stored = read_item(data.decode("utf-8"), self.store.tz, path) if data else None
+        except (ValueError, UnicodeDecodeError):
+            return False
+        return _other_fragments(stored.link if stored else None, "#" + frag.rpartition("#")[2])
 
     def path_taken(self, path: str) -> bool:
         if path in self._taken:
@@ -608,6 +679,24 @@ class _FeedIndex:
         for key in keys:
             self._paths.setdefault(key, record.path)  # INSERT OR IGNORE: the first path stays
         self._taken.add(record.path)
+        if keys:
+            self._claimed.setdefault(record.path, _identity(keys))
+
+
+# Which key finds an entry's item first, after its id: the exact link (with its fragment),
+# the same source's same text (exact for a rotated guid where every item has one link),
+# the link, the hash.
+_ORDER = {"frag": 0, "text": 1, "link": 2, "hash": 3}
+_NOT_FOUND_BY = len(_ORDER)  # id: (first, above), raw: and shared: (never)
+
+
+def _find_order(key: str) -> int:
+    return _ORDER.get(key.partition(":")[0], _NOT_FOUND_BY)
+
+
+def _identity(keys: list[str]) -> str:
+    """Which entry of a fetch these keys are: its id key, else its raw key (the last)."""
+    return keys[0] if keys[0].startswith("id:") else keys[-1]
 
 
 def _apply_item(ws: Workspace, known: _FeedIndex, source: Source, c: Candidate,
@@ -617,11 +706,9 @@ def _apply_item(ws: Workspace, known: _FeedIndex, source: Source, c: Candidate,
     item, keys, chash = c.item, c.keys, c.content_hash
     path = known.find(keys)
     if path is None:
-        path = _new_path(ws, known, source, c)
-        if path is None:  # a file of ours from a run killed before its index commit
-            path = known.find(keys)
-            assert path is not None
-        else:
+        keys = known.with_shared_marker(keys, item.link)
+        path, adopted = _new_path(ws, known, source, c)
+        if not adopted:  # else a file of ours from a run killed before its index commit
             ws.journal.add(path, c.written_hash, source.id, list(keys), chash)
             store.write(path, c.data)
             with index.transaction() as db:
@@ -703,19 +790,20 @@ def recover_journal(ws: Workspace) -> int:
     return recovered
 
 
-def _new_path(ws: Workspace, known: _FeedIndex, source: Source, c: Candidate) -> str | None:
-    """A free path for a new item, or None after adopting a file a killed run left."""
+def _new_path(ws: Workspace, known: _FeedIndex, source: Source,
+              c: Candidate) -> tuple[str, bool]:
+    """A free path for a new item, or (True) the path of a file a killed run left, adopted."""
     base = candidate = c.path
     for n in range(2, 1000):
         if not known.path_taken(candidate):
             data = ws.store.read_bytes(candidate)
             if data is None:
-                return candidate
+                return candidate, False
             if _same_item(ws, data, c.item):
                 with ws.index.transaction() as db:
                     known.record(db, ItemRecord(candidate, source.id, file_hash(data), 0,
                                                 False), c.keys, {source.id: None})
-                return None
+                return candidate, True
         candidate = base[:-3] + f"-{n}.md"
     raise StoreError("no free file name for the item", path=base)
 
@@ -725,10 +813,17 @@ def _same_item(ws: Workspace, data: bytes, item: Item) -> bool:
         existing = read_item(data.decode("utf-8"), ws.store.tz)
     except (ValueError, UnicodeDecodeError):
         return False
-    if existing.guid and existing.guid == item.guid and existing.source == item.source:
-        return True
+    if existing.guid and item.guid and existing.source == item.source:
+        return existing.guid == item.guid  # within a source, distinct guids: distinct items
     return bool(existing.link and item.link
-                and normalize_link(existing.link) == normalize_link(item.link))
+                and normalize_link(existing.link) == normalize_link(item.link)
+                and not _other_fragments(existing.link, item.link))
+
+
+def _other_fragments(a: str | None, b: str | None) -> bool:
+    """Both links have a fragment, and not the same: two items of one page."""
+    fa, fb = link_fragment(a), link_fragment(b)
+    return bool(fa and fb and fa != fb)
 
 
 # -- reindex ----------------------------------------------------------------------------------
@@ -756,6 +851,7 @@ def reindex(ws: Workspace) -> tuple[int, list[StoreError]]:
                 if rel not in present and written is not None and record and not record.deleted:
                     ws.index.record_item(db, replace(record, deleted=True), [], {})
         deleted = ws.index.deleted_items()
+        links_seen: dict[str, int] = {}
         with ws.index.transaction() as db:
             ws.index.clear_items(db)
             for record, keys, sources in deleted:
@@ -773,12 +869,18 @@ def reindex(ws: Workspace) -> tuple[int, list[StoreError]]:
                 if item.source and item.guid:
                     keys.append(f"id:{item.source}\x00{item.guid}")
                 if item.link:
-                    keys.append(f"link:{normalize_link(item.link)}")
+                    keys += link_keys(item.link)
                 if item.source:
                     # The text key too, as apply_feed makes it from title and body: an entry
                     # whose guid rotates and that has no link is known by nothing else.
                     keys += [k for k in entry_keys(item.source, None, None, item.title,
                                                    item.body, None) if k.startswith("text:")]
+                if item.source and item.link:
+                    # Two files of a source with one link: that link tells neither apart.
+                    marker = shared_link_key(item.source, item.link)
+                    links_seen[marker] = links_seen.get(marker, 0) + 1
+                    if links_seen[marker] == 2:
+                        keys.append(marker)
                 sources = item.all_sources
                 ws.index.record_item(db, ItemRecord(rel, item.source, written, updates, False),
                                      keys, dict.fromkeys(sources))

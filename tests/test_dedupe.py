@@ -13,6 +13,7 @@ from aggregator.dedupe import (
     content_hash,
     digest,
     entry_keys,
+    link_keys,
     merge_terms,
     normalize_link,
 )
@@ -93,6 +94,21 @@ def test_entry_keys_order_and_content() -> None:
         "link:http://example.org/a",
         f"text:qq\x00{digest('Title', 'Text')}",
     ]
+
+
+@pytest.mark.parametrize(("link", "keys"), [
+    ("http://s.example/2025/06/26.html#a080605",
+     ["link:http://s.example/2025/06/26.html", "frag:http://s.example/2025/06/26.html#a080605"]),
+    ("https://B.example/p/?utm_source=x#comment-7",
+     ["link:https://b.example/p/", "frag:https://b.example/p/#comment-7"]),
+    ("https://b.example/p/#", ["link:https://b.example/p/"]),
+    ("https://b.example/p/", ["link:https://b.example/p/"]),
+])
+def test_a_link_with_a_fragment_has_a_frag_key_too(link: str, keys: list[str]) -> None:
+    """The fragment tells items of one page apart (a day page's anchors, a post's
+    comments); the link: key stays as before, so stores made before match as they did."""
+    assert link_keys(link) == keys
+    assert entry_keys("s", "g", link, "t", "x", None)[1:-1] == keys
 
 
 def test_entry_id_is_per_source_link_is_not() -> None:

@@ -12,6 +12,7 @@ import html
 import re
 from urllib.parse import urljoin
 
+import pytest
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
@@ -213,3 +214,84 @@ def test_emphasis_from_its_parts_is_what_the_markup_regex_gives(prefix: str, mar
     if text:
         assert _flank(prefix, marker, text, suffix) == _flanked(
             f"{prefix}{marker}{text}{marker}{suffix}")
+
+
+# Bodies of every shape the choice of the richest element looks at: plain or HTML, short
+# or long, a teaser of the other (a prefix cut with an ellipsis), with an image or not.
+_POST = " ".join(f"Sentence {i} of the post." for i in range(30))
+BODY_PARTS = st.sampled_from([
+    "", "A teaser.", "Sentence 0 of the post. Sentence 1 of the post…", "<p>A teaser.</p>",
+    f"<p>{_POST}</p>", _POST, f"<p>{_POST[:300]}</p>", '<p><img src="https://e.example/i.png"></p>',
+    '<img src="https://e.example/i.png" alt="a"><p>Caption.</p>', "<p>Sentence 0 of the post.</p>",
+    "中文摘要。", f"<p>{'医疗新闻正文。' * 40}</p>",
+])
+
+
+def _rss_with(content: str, description: str) -> bytes:
+    item = "<title>t</title><link>https://e.example/a</link>"
+    if description:
+        item += f"<description>{html.escape(description)}</description>"
+    if content:
+        item += f"<content:encoded>{html.escape(content)}</content:encoded>"
+    return (f'<?xml version="1.0" encoding="utf-8"?><rss version="2.0" '
+            f'xmlns:content="http://purl.org/rss/1.0/modules/content/"><channel><title>c</title>'
+            f"<link>https://e.example/</link><description>d</description><item>{item}</item>"
+            f"</channel></rss>").encode()
+
+
+def _atom_with(content: str, content_type: str, summary: str, summary_type: str) -> bytes:
+    entry = '<id>tag:e,1</id><title>t</title><link href="https://e.example/a"/>'
+    if summary:
+        entry += f'<summary type="{summary_type}">{html.escape(summary)}</summary>'
+    if content:
+        entry += f'<content type="{content_type}">{html.escape(content)}</content>'
+    return ('<?xml version="1.0" encoding="utf-8"?><feed xmlns="http://www.w3.org/2005/Atom">'
+            '<title>c</title><id>tag:e,0</id><updated>2025-01-01T00:00:00Z</updated>'
+            f"<entry>{entry}</entry></feed>").encode()
+
+
+def _both_paths(body: bytes) -> tuple[object, object]:
+    from aggregator.parse import _parse_xml
+
+    assert fastparse.parse_fast(body, "https://e.example/f") is not None
+    fast = _parse_xml(body, {}, "https://e.example/f", "s", try_fast=True).entries[0]
+    slow = _parse_xml(body, {}, "https://e.example/f", "s", try_fast=False).entries[0]
+    return fast, slow
+
+
+@settings(max_examples=300, deadline=None)
+@given(BODY_PARTS, BODY_PARTS)
+@example(_POST[:60], f"<p>{_POST}</p>")
+def test_both_parse_paths_take_the_same_body_of_an_rss_item(content: str, description: str) -> None:
+    fast, slow = _both_paths(_rss_with(content, description))
+    assert plain_text(fast.content_html) == plain_text(slow.content_html)
+    assert plain_text(fast.summary_html) == plain_text(slow.summary_html)
+    assert fast.thumbnail == slow.thumbnail
+
+
+@settings(max_examples=300, deadline=None)
+@given(BODY_PARTS, st.sampled_from(["text", "html"]), BODY_PARTS, st.sampled_from(["text", "html"]))
+@example("A teaser.", "text", f"<p>{_POST}</p>", "html")
+def test_both_parse_paths_take_the_same_body_of_an_atom_entry(content: str, content_type: str,
+                                                              summary: str,
+                                                              summary_type: str) -> None:
+    fast, slow = _both_paths(_atom_with(content, content_type, summary, summary_type))
+    assert plain_text(fast.content_html) == plain_text(slow.content_html)
+    assert plain_text(fast.summary_html) == plain_text(slow.summary_html)
+    assert fast.thumbnail == slow.thumbnail
+
+
+@pytest.mark.parametrize(("content", "summary", "body"), [
+    ("A teaser.", f"<p>{_POST}</p>", "summary"),  # 79 characters beside 3,596
+    (f"<p>{_POST}</p>", "A teaser.", "content"),  # the usual shape
+    ("Sentence 0 of the post. Sentence 1 of the post…", f"<p>{_POST[:100]}</p>", "summary"),
+    ('<img src="https://e.example/i.png"><p>Caption.</p>', f"<p>{_POST}</p>", "content"),
+    (f"<p>{_POST[:200]}</p>", f"<p>{_POST[:300]}</p>", "summary"),  # a prefix of it
+    ("<p>Other words entirely, not a teaser.</p>", "<p>" + "x " * 30 + "</p>", "content"),
+    ("", "<p>only a summary</p>", "summary"),
+    ("<p>only a content</p>", "", "content"),
+])
+def test_richest_body(content: str, summary: str, body: str) -> None:
+    chosen, other = fastparse.richest_body(content, summary)
+    assert (chosen, other) == ((content, summary) if body == "content" else
+                               (summary, content if summary else ""))

@@ -24,10 +24,12 @@ import feedparser
 import pytest
 from lxml import etree
 
+from aggregator.config import load_config
 from aggregator.fastparse import parse_fast
 from aggregator.items import hugo_safe_term
 from aggregator.parse import parse_feed
 from aggregator.store import is_safe_relative
+from aggregator.workspace import Workspace
 from tests.feed_server import FeedServer
 from tests.helpers import (
     assert_clean_exit,
@@ -365,7 +367,8 @@ DATES = {
     "empty": "",
     "missing": None,
 }
-FUTURE, PAST = {"year-9999", "year-3000"}, {"year-1", "year-1900", "before-epoch"}
+# year 1 is Go's and Hugo's zero date, a site that set none: dated when first seen
+FUTURE, PAST = {"year-9999", "year-3000"}, {"year-1900", "before-epoch"}
 
 
 def test_dates_far_off_or_missing(feed_server: FeedServer, tmp_path: Path) -> None:
@@ -392,10 +395,9 @@ def test_dates_far_off_or_missing(feed_server: FeedServer, tmp_path: Path) -> No
         date = items[f"Dated {name}"].date
         if name in PAST:
             assert floor <= date <= floor + timedelta(days=2), (name, date)
-        else:  # in the future, unreadable or absent: dated when first seen
+        else:  # in the future, unreadable, zero or absent: dated when first seen
             assert before <= date <= after, (name, date)
-    assert floor <= items["JSON past"].date <= floor + timedelta(days=2)
-    for name in ("future", "garbage", "number"):
+    for name in ("future", "past", "garbage", "number"):
         assert before <= items[f"JSON {name}"].date <= after, name
 
     # Items dated "now" are not re-dated (updated) by every later poll.
@@ -553,3 +555,27 @@ def test_path_attacking_terms_polled_and_published_stay_inside(feed_server: Feed
     assert len(tag_feeds) >= len(PATH_ATTACKS) // 2
     plain = json.loads((output / "tags" / "plain" / "feed.json").read_text(encoding="utf-8"))
     assert len(plain["items"]) == len(items)
+
+
+def test_lone_surrogates_in_a_json_feed_are_a_normal_item(feed_server: FeedServer,
+                                                          tmp_path: Path) -> None:
+    """A JSON escape "\\ud800" decodes to a lone surrogate, which no UTF-8 file or SQLite
+    text can hold: replaced by U+FFFD at parse, the poll reports, stores and saves state."""
+    body = (b'{"version": "https://jsonfeed.org/version/1.1", "title": "Feed \\ud800 title",'
+            b' "home_page_url": "https://example.org/\\udc00", "items": [{"id": "s-\\ud800",'
+            b' "url": "https://example.org/s", "title": "Bad \\ud800 title",'
+            b' "content_html": "<p>x \\udfff y</p>", "tags": ["t\\ud800"],'
+            b' "authors": [{"name": "A \\ud800"}]}]}')
+    feed_server.route("/s.json", body=body, content_type="application/feed+json")
+    config = write_config(tmp_path, [{"id": "sur", "url": feed_server.url("/s.json")}])
+    summary = poll_json(config, expect=(0,))
+    assert (by_id(summary)["sur"]["status"], summary["new"]) == ("ok", 1)
+    [item] = read_store(tmp_path / "store").values()
+    assert item.title == "Bad \ufffd title"
+    assert item.guid == "s-\ufffd" and "t\ufffd" in item.tags
+    # the source's state was saved, and the next poll stores nothing again
+    again = poll_json(config, expect=(0,))
+    assert (by_id(again)["sur"]["status"], again["new"], again["updated"]) == ("ok", 0, 0)
+    with Workspace(load_config(config)) as ws:
+        state = ws.index.source_state("sur")
+    assert (state.last_status, state.title) == ("ok", "Feed \ufffd title")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta, timezone
 from zoneinfo import ZoneInfo
@@ -110,7 +111,7 @@ def test_date(published: datetime | None, updated: datetime | None, expected: da
 
 
 def test_absurdly_old_dates_are_floored_at_the_epoch() -> None:
-    item = built(entry(title="t", published=datetime(1, 1, 1, tzinfo=UTC)))
+    item = built(entry(title="t", published=datetime(1500, 1, 1, tzinfo=UTC)))
     assert datetime(1970, 1, 1, tzinfo=UTC) < item.date < datetime(1970, 1, 3, tzinfo=UTC)
     assert item.date.tzinfo == SHANGHAI
 
@@ -173,6 +174,49 @@ def test_hostile_content_is_sanitized_into_markdown() -> None:
         '<p onclick="x()">hi <a href="javascript:alert(1)">j</a></p><script>alert(2)</script>'
         "<p>&lt;script&gt;alert(3)&lt;/script&gt;</p>")))
     assert item.body == "hi j\n\n\\<script>alert(3)\\</script>\n"
+
+
+@pytest.mark.parametrize("zero", [datetime(1, 1, 1, tzinfo=UTC),
+                                  datetime(1, 1, 1, 8, 5, 43, tzinfo=timezone(timedelta(hours=8)))])
+def test_a_year_1_zero_date_is_no_date(zero: datetime) -> None:
+    """Hugo's and Go's zero date (0001-01-01) is a site that set none: dated when first seen,
+    as an undated entry is, not 1970."""
+    assert built(entry(title="t", published=zero)).date == NOW
+    assert built(entry(title="t", updated=zero)).date == NOW
+
+
+def test_a_title_with_markup_is_escaped_in_the_lead_image_alt() -> None:
+    from aggregator.content import markdown_to_html
+
+    item = built(entry(title="Die Rückkehr von <i> und <b> [1]", link="https://e.example/a",
+                       thumbnail="https://e.example/t.jpg", content_html="<p>x</p>"))
+    assert item.title == "Die Rückkehr von <i> und <b> [1]"  # the title itself is plain text
+    # No raw HTML in the Markdown (SPEC §3): Hugo's goldmark would drop '<i>' from the alt.
+    assert not re.search(r"(?<!\\)<[ib]>", item.body), item.body
+    html = markdown_to_html(item.body)
+    assert 'alt="Die Rückkehr von &lt;i&gt; und &lt;b&gt; [1]"' in html
+    assert "<i>" not in html and "<b>" not in html
+
+
+@pytest.mark.parametrize(("fields", "title"), [
+    ({"content_html": '<p><img src="/p/1.jpg" alt="Sunset &amp; sea"></p>'}, "Sunset & sea"),
+    ({"content_html": '<img src="https://e.example/p/1.jpg">',
+      "published": datetime(2025, 2, 13, 20, 0, tzinfo=UTC)}, "腾讯新闻 2025-02-14"),
+    ({"thumbnail": "https://e.example/p/2.jpg"}, "腾讯新闻"),
+])
+def test_an_entry_of_only_an_image_is_stored(fields: dict[str, object], title: str) -> None:
+    """SPEC §3: no id, link, title or text, only an image: stored, titled by its alt text,
+    else by the source's title and the entry's date."""
+    item = built(entry(base_url="https://e.example/", **fields))
+    assert item.title == title
+    assert "](https://e.example/p/" in item.body
+    again = built(entry(base_url="https://e.example/", **fields))
+    assert (again.title, again.guid) == (item.title, item.guid)  # stable: no now in them
+
+
+def test_an_entry_of_only_an_unsafe_image_is_skipped() -> None:
+    assert build(entry(content_html='<img src="javascript:alert(1)">')) is None
+    assert build(entry(thumbnail="javascript:alert(1)")) is None
 
 
 def test_lone_surrogates_from_json_feeds_do_not_crash() -> None:

@@ -14,9 +14,11 @@ from pathlib import Path
 
 import pytest
 
+from aggregator.content import plain_text
 from aggregator.errors import ParseError
+from aggregator.fastparse import parse_fast
 from aggregator.model import ParsedFeed
-from aggregator.parse import discover_feed_links, parse_feed
+from aggregator.parse import _parse_xml, discover_feed_links, parse_feed
 from tests.helpers import CORPUS
 
 ENCODING_DIR = CORPUS / "encoding"
@@ -241,6 +243,18 @@ def test_hand_written_json_feed_1_1() -> None:
     assert (third.entry_id, third.title, third.categories) == (None, "", ())
 
 
+@pytest.mark.parametrize("version", ["https://jsonfeed.org/version/1", "http://jsonfeed.org/version/1",
+                                     "https://jsonfeed.org/version/1.1", " https://jsonfeed.org/version/1 "])
+def test_json_feed_1_0_and_1_1_are_read(version: str) -> None:
+    """1.0 documents spell the version with http:// as often as with https://, and carry
+    one `author` object where 1.1 has an `authors` list."""
+    body = json.dumps({"version": version, "title": "T", "items": [
+        {"id": "1", "title": "one", "author": {"name": "Mei"}, "content_text": "x"},
+        {"id": "2", "title": "two", "authors": [{"name": "Li"}], "content_text": "y"}]}).encode()
+    parsed = parse_feed(body, {"Content-Type": "application/json"}, "https://e.org/f.json", "j")
+    assert [(e.title, e.author) for e in parsed.entries] == [("one", "Mei"), ("two", "Li")]
+
+
 def test_json_feed_detected_without_a_json_content_type() -> None:
     body = b'{"version": "https://jsonfeed.org/version/1", "items": [{"id": "1", "title": "x"}]}'
     parsed = parse_feed(body, {"Content-Type": "text/plain"}, "file:///tmp/feed", "local")
@@ -271,3 +285,32 @@ def test_each_thread_parses_with_its_own_lxml_parsers() -> None:
         t.join(timeout=30)
     for kind, ids in seen.items():
         assert len(ids) == 6 and len({id(p) for p in ids}) == 3, kind
+
+
+# -- which element is the body: case files in tests/cases/parse/ ---------------------------------
+PARSE_CASES = sorted((Path(__file__).parent / "cases" / "parse").glob("*.xml"))
+
+
+def _expected(case: Path, what: str) -> str:
+    found = re.search(rf"^Expect-{what}: (.*?)\s*(?:-->)?$", case.read_text("utf-8"), re.M)
+    assert found, f"{case.name}: no Expect-{what} line"
+    return found.group(1)
+
+
+@pytest.mark.parametrize("case", PARSE_CASES, ids=[c.stem for c in PARSE_CASES])
+@pytest.mark.parametrize("path", ["fast", "feedparser"])
+def test_the_richest_element_is_the_body(case: Path, path: str) -> None:
+    """Beside a full post, a short plain-text element is the summary, never the body
+    (SPEC §3: the body is the entry's content); both parse paths choose alike."""
+    body = case.read_bytes()
+    if path == "fast":
+        assert parse_fast(body, "https://blog.example/feed") is not None  # the path is taken
+    parsed = _parse_xml(body, {}, "https://blog.example/feed", "case", try_fast=path == "fast")
+    [entry] = parsed.entries
+    assert _expected(case, "body") in plain_text(entry.content_html)
+    assert _expected(case, "summary") in plain_text(entry.summary_html)
+    assert _expected(case, "summary") not in plain_text(entry.content_html)
+
+
+def test_parse_cases_exist() -> None:
+    assert len(PARSE_CASES) >= 6
