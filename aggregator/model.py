@@ -52,6 +52,11 @@ class Defaults:
     timeout: float = 20.0  # seconds, for the whole fetch
     max_bytes: int = 10 * 1024 * 1024
     keep_items: int = 50
+    # Bounds on what one feed can make us store and publish (a hostile feed's attack on
+    # the disk: issue 20). See README "Security" for why these numbers.
+    max_tags: int = 32  # a feed's own categories kept per item
+    max_items: int = 1000  # entries taken from one feed per poll
+    max_new_terms: int = 200  # tags not yet published that one source adds per poll
 
 
 @dataclass(frozen=True)
@@ -69,6 +74,9 @@ class Source:
     exclude: tuple[str, ...] = ()
     enabled: bool = True
     full_text: bool = False
+    max_tags: int = 32
+    max_items: int = 1000
+    max_new_terms: int = 200
     line: int | None = None  # where it stands in feeds.yaml, for messages
 
     @property
