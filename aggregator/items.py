@@ -59,15 +59,19 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
     entry = _scrubbed(entry)
     clean_html = sanitize_html(entry.content_html, entry.base_url or entry.link)
     text = sanitized_text(clean_html)
-    # Front-matter strings hold no tags and no invisible characters (front_matter_text).
-    title = (front_matter_text(entry.title) or front_matter_text(title_from_text(text))
-             or front_matter_text(plain_text(entry.summary_html)[:80]))
+    title = front_matter_text(entry.title) or title_from_text(text)
+    if not title:
+        title = plain_text(entry.summary_html)[:80] or ""
     if not (entry.entry_id or entry.link or title or text):
         return None
     if not title:
         title = entry.link or entry.entry_id or "untitled"
+    # Front-matter strings hold no tags and no invisible characters (front_matter_text).
+    title = front_matter_text(title) or "untitled"
     summary_source = plain_text(sanitize_html(entry.summary_html)) if entry.summary_html else text
-    summary = shorten(front_matter_text(summary_source or text), SUMMARY_LIMIT)
+    # A bounded prefix: the text may be a 5 MB body, and the summary keeps 200 characters.
+    summary = shorten(front_matter_text((summary_source or text)[:SUMMARY_LIMIT * 4]),
+                      SUMMARY_LIMIT)
 
     date = entry.published or entry.updated
     if date is None or date > now + FUTURE_SLACK:
@@ -93,7 +97,7 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
         date=date,
         summary=summary,
         categories=merge_terms((), _store_terms(source.categories)),
-        lang=(_lang_tag(lang),),
+        lang=(_lang_tag(front_matter_text(lang)),),
         tags=merge_terms(_store_terms(source.tags), entry_terms(entry, source)[0]),
         thumbnail=thumbnail,
         author=front_matter_text(entry.author or "") or None,

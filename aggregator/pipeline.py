@@ -91,7 +91,7 @@ def parser_chain() -> Any:
                 _chain = SimpleNamespace(
                     parse_feed=parse.parse_feed, enrich_entries=fulltext.enrich_entries,
                     build_item=items.build_item, passes_filters=items.passes_filters,
-                    entry_terms=items.entry_terms)
+                    entry_terms=items.entry_terms, front_matter_text=items.front_matter_text)
     return _chain
 
 
@@ -552,7 +552,11 @@ def prepare_entries(parsed: ParsedFeed, source: Source, site: Site,
         keys.append(raw)  # last: never the key an item is found by, only skipped by
         candidates.append(candidate(source, item, keys,
                                     (entry.published or entry.updated) is not None))
-    return Prepared(replace(parsed, entries=()), tuple(candidates), skipped, tuple(warnings))
+    # The feed's title names its published feeds (sources/<id>/) and the front page:
+    # plain text, no bidi overrides, as the items' strings are.
+    feed = replace(parsed, entries=(),
+                   title=chain.front_matter_text(parsed.title) or None if parsed.title else None)
+    return Prepared(feed, tuple(candidates), skipped, tuple(warnings))
 
 
 def bound_new_terms(ws: Workspace, source: Source, prepared: Prepared) -> Prepared:

@@ -800,6 +800,11 @@ def test_invisible_and_bidi_characters_are_stripped_from_titles(feed_server: Fee
     assert item.tags == ("Admin xtag",), ascii(item.tags)
     assert item.author is not None and "\u202e" not in item.author, ascii(item.author)
     assert "[Admin xFeed](https://example.org/h/1)" in item.body, ascii(item.body)
+    listing = json.loads(run_cli("sources", "--json", config=config).stdout)
+    assert "\u202e" not in json.dumps(listing, ensure_ascii=False)
+    output = publish(config)
+    assert feedparser.parse((output / "sources" / "bidi" / "atom.xml").read_bytes(),
+                            ).feed.title.endswith("Admin xFeed")
 
 
 def test_a_relative_guid_in_a_local_feed_is_not_made_a_file_path(tmp_path: Path) -> None:
