@@ -634,6 +634,12 @@ def test_bounds_are_validated(tmp_path: Path, key: str, value: object, message: 
         result.stderr
     assert message in result.stderr
     assert not (tmp_path / "store").exists()
+    config = write_config(tmp_path, [{"id": "a", "url": "https://example.org/a.xml"}],
+                          defaults={key: value})
+    result = run_cli("poll", config=config)
+    assert result.returncode == 2 and f"defaults.{key}: expected {message}" in result.stderr, \
+        result.stderr
+    assert not (tmp_path / "store").exists()
 
 
 @pytest.mark.timeout(180)
