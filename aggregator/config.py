@@ -39,9 +39,11 @@ SITE_KEYS = {"title", "description", "base_url", "language", "timezone", "websub
 TOP_KEYS = {"site", "store", "output", "defaults", "front_matter", "sources", "after_publish",
             "after_publish_timeout"}
 DEFAULT_KEYS = {"interval", "timeout", "max_bytes", "keep_items"}
+BOUND_KEYS = ("max_tags", "max_items", "max_new_terms")  # defaults, overridable per source
+DEFAULT_KEYS |= set(BOUND_KEYS)
 SOURCE_KEYS = {
     "id", "url", "title", "categories", "tags", "lang", "interval", "timeout",
-    "max_bytes", "include", "exclude", "enabled", "full_text",
+    "max_bytes", "include", "exclude", "enabled", "full_text", *BOUND_KEYS,
 }
 
 
@@ -366,6 +368,7 @@ def validate(document: Any, path: Path) -> Config:
                                   "a size like 10MB", base.max_bytes),
         keep_items=check.converted(defaults_node, "keep_items", "defaults", _positive_int,
                                    "a whole number above 0", base.keep_items),
+        **_bounds(check, defaults_node, "defaults", base),
     )
 
     front_matter = top.get("front_matter") or {}
@@ -471,6 +474,7 @@ def _source(check: _Checker, node: Mapping[str, Any], key: str, base_dir: Path,
         exclude=patterns["exclude"],
         enabled=check.boolean(node, "enabled", key, True),
         full_text=check.boolean(node, "full_text", key, False),
+        **_bounds(check, node, key, defaults),
         line=_line_of(node, None, None),
     )
 
@@ -515,6 +519,13 @@ def _file_uri(path: Path) -> str:
 def _resolve(base_dir: Path, value: str) -> Path:
     p = Path(os.path.expanduser(value))
     return p if p.is_absolute() else base_dir / p
+
+
+def _bounds(check: _Checker, node: Mapping[str, Any], key: str,
+            base: Defaults) -> dict[str, int]:
+    """max_tags, max_items, max_new_terms: under defaults, or a source's own."""
+    return {name: check.converted(node, name, key, _positive_int, "a whole number above 0",
+                                  getattr(base, name)) for name in BOUND_KEYS}
 
 
 def _positive_int(value: Any) -> int:

@@ -69,6 +69,41 @@ def scrub_surrogates(text: str) -> str:
     return _XML_ILLEGAL.sub("", _SURROGATE.sub("\ufffd", text))
 
 
+# Characters that reorder or hide text (title spoofing: "\u202egnp.exe" shows as
+# "exe.png"): bidi embeddings, overrides and isolates, the LRM/RLM/ALM marks, zero-width
+# space, word joiner and invisible operators, BOM, Mongolian vowel separator. Not ZWJ and
+# ZWNJ: emoji sequences (a health worker is man + ZWJ + staff of Aesculapius) and Persian
+# and Indic spelling need them inside a word; at a word's edge they only hide, and go.
+_INVISIBLE = re.compile("[\u061c\u180e\u200b\u200e\u200f\u202a-\u202e\u2060-\u2064"
+                        "\u2066-\u2069\ufeff]")
+_LONE_JOINER = re.compile("(?<![^\\s\u200c\u200d])[\u200c\u200d]+|[\u200c\u200d]+"
+                          "(?![^\\s\u200c\u200d])")
+# A complete HTML tag, comment or declaration in plain text: Hugo's markdownify (and a
+# front-matter summary, which Hugo renders as Markdown) passes it on as raw HTML when
+# the site sets goldmark's `unsafe = true`. A '<' that opens no tag ('a < b') stays.
+_TAG_IN_TEXT = re.compile(r"<[A-Za-z/!?][^<>]*>")
+
+
+def strip_invisible(text: str) -> str:
+    """text without the bidi controls and invisible characters that spoof a title."""
+    if text.isascii():  # nearly always: nothing to strip
+        return text
+    return _LONE_JOINER.sub("", _INVISIBLE.sub("", text))
+
+
+def front_matter_text(text: str) -> str:
+    """A feed's string as front matter holds it: plain text no Hugo setting or template
+    (`markdownify`, `unsafe = true`) can turn into markup. Tags are dropped, a Markdown
+    inline link's '](' gets a space (a title '[x](javascript:...)' is no link then), and
+    invisible characters go; whitespace collapsed."""
+    text = strip_invisible(text)
+    if "<" in text:
+        text = _TAG_IN_TEXT.sub("", text)
+    if "](" in text:
+        text = text.replace("](", "] (")
+    return " ".join(text.split())
+
+
 def is_web_url(url: str | None) -> bool:
     if not url:
         return False

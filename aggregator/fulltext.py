@@ -75,7 +75,9 @@ def enrich_entries(entries: tuple[Entry, ...], source: Source, fetcher: Fetcher,
         try:
             result = fetcher.fetch(page, HttpState())
         except SourceError as e:
-            log.info("%s: full text of %s not fetched: %s", source.id, entry.link, e.detail)
+            # A page over max_bytes is worth a warning: the item silently kept its summary.
+            (log.warning if e.detail.startswith("too large") else log.info)(
+                "%s: full text of %s not fetched: %s", source.id, entry.link, e.detail)
             out.append(entry)
             continue
         if not may_fetch(result.url, source.url):  # redirected into our own network

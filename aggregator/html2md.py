@@ -92,7 +92,10 @@ def _escape_block_start(m: re.Match[str]) -> str:
 
 
 def escape_label(text: str) -> str:
-    return text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+    # '<' too: a label '<img onerror=...>' (a feed's title, an alt text) is raw HTML to a
+    # Hugo site with goldmark's `unsafe = true`.
+    return (text.replace("\\", "\\\\").replace("[", "\\[").replace("]", "\\]")
+            .replace("<", "\\<"))
 
 
 # A URL quote() would hand back unchanged: its always-safe characters and `safe` below.

@@ -426,6 +426,12 @@ class Index:
         return {r for chunk in _chunks(paths) for r in self._query(
             f"SELECT DISTINCT kind, term FROM members WHERE path IN ({_marks(chunk)})", chunk)}
 
+    def terms_in_use(self, kind: str, terms: Iterable[str]) -> set[str]:
+        """Those of ``terms`` that some published item has (spelt the same)."""
+        return {t for chunk in _chunks(terms) for (t,) in self._query(
+            f"SELECT DISTINCT term FROM members WHERE kind = ? AND term IN ({_marks(chunk)})",
+            [kind, *chunk])}
+
     def replace_members(self, paths: Iterable[str],
                         rows: Iterable[tuple[str, str, float, str, int]]) -> None:
         """Forget the memberships of ``paths``, then add ``rows`` (kind, term, nts, path,

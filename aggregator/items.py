@@ -13,6 +13,7 @@ from zoneinfo import ZoneInfo
 from aggregator.content import (
     absolute_url,
     first_image,
+    front_matter_text,
     html_to_markdown,
     markdown_link,
     markdown_url,
@@ -26,7 +27,7 @@ from aggregator.content import (
 from aggregator.dedupe import digest, merge_terms
 from aggregator.html2md import escape_text
 from aggregator.model import Entry, Item, ParsedFeed, Site, Source, freeze
-from aggregator.slug import hugo_urlize
+from aggregator.slug import MAX_SLUG_BYTES, hugo_urlize
 
 SUMMARY_LIMIT = 200
 # Dates more than this far ahead are a publisher's mistake: the item is dated when first seen.
@@ -38,7 +39,9 @@ _IMG_ALT = re.compile(r"<img\b[^>]*?\balt=\"([^\"]*)\"", re.I)
 
 
 def source_title(source: Source, feed: ParsedFeed | None) -> str:
-    return source.title or (feed.title if feed else None) or source.id
+    # The feed's own title is a stranger's text: the back-link label of every item.
+    return (source.title or (front_matter_text(feed.title) if feed and feed.title else None)
+            or source.id)
 
 
 def passes_filters(source: Source, title: str, summary_text: str) -> bool:
@@ -60,7 +63,7 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
     entry = _scrubbed(entry)
     clean_html = sanitize_html(entry.content_html, entry.base_url or entry.link)
     text = sanitized_text(clean_html)
-    title = entry.title.strip() or title_from_text(text)
+    title = front_matter_text(entry.title) or title_from_text(text)
     if not title:
         title = plain_text(entry.summary_html)[:80] or ""
     thumbnail = absolute_url(entry.thumbnail, entry.base_url) if entry.thumbnail else None
@@ -79,8 +82,12 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
                          + ([date.astimezone(tz).date().isoformat()] if date else []))
     if not title:
         title = entry.link or entry.entry_id or "untitled"
+    # Front-matter strings hold no tags and no invisible characters (front_matter_text).
+    title = front_matter_text(title) or "untitled"
     summary_source = plain_text(sanitize_html(entry.summary_html)) if entry.summary_html else text
-    summary = shorten(summary_source or text, SUMMARY_LIMIT)
+    # A bounded prefix: the text may be a 5 MB body, and the summary keeps 200 characters.
+    summary = shorten(front_matter_text((summary_source or text)[:SUMMARY_LIMIT * 4]),
+                      SUMMARY_LIMIT)
 
     if date is None or date > now + FUTURE_SLACK:
         date = now
@@ -104,18 +111,52 @@ def build_item(entry: Entry, source: Source, feed: ParsedFeed, site: Site,
         title=title,
         date=date,
         summary=summary,
-        categories=merge_terms((), tuple(c for c in source.categories if hugo_safe_term(c))),
-        lang=(_lang_tag(lang),),
-        tags=merge_terms(tuple(t for t in source.tags if hugo_safe_term(t)),
-                         tuple(c for c in entry.categories if hugo_safe_term(c))),
+        categories=merge_terms((), _store_terms(source.categories)),
+        lang=(_lang_tag(front_matter_text(lang)),),
+        tags=merge_terms(_store_terms(source.tags), entry_terms(entry, source)[0]),
         thumbnail=thumbnail,
-        author=entry.author or None,
+        author=front_matter_text(entry.author or "") or None,
         link=entry.link,
         source=source.id,
         guid=guid,
         extra=freeze(front_matter),
         body=body + "\n",
     )
+
+
+def entry_terms(entry: Entry, source: Source) -> tuple[tuple[str, ...], int]:
+    """(the entry's own categories as the store holds them, how many beyond max_tags were
+    dropped). The feed's first ones are kept: one item with 10,000 categories made 30,000
+    feed files, each listing all 10,000 (the output grows with the square of the count)."""
+    terms = tuple(dict.fromkeys(_store_terms(entry.categories)))
+    return terms[:source.max_tags], max(0, len(terms) - source.max_tags)
+
+
+def _store_terms(terms: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(t for t in map(store_term, terms) if t)
+
+
+@lru_cache(maxsize=65536)
+def store_term(term: str) -> str | None:
+    """A term as the store holds it, or None when it cannot be one: plain text (no tags,
+    no invisible characters), a path Hugo can build (hugo_safe_term), and its Hugo folder
+    at most MAX_SLUG_BYTES long, cut as the output's slugs are. 120 Chinese characters
+    are 360 bytes, and Hugo failed the whole site on them ("file name too long"); cut in
+    the store, the term's folder is the same for Hugo and for us."""
+    term = front_matter_text(term)
+    if not term or not hugo_safe_term(term):
+        return None
+    if len(hugo_urlize(term).encode("utf-8")) <= MAX_SLUG_BYTES:
+        return term
+    low, high = 0, len(term)  # the longest prefix whose folder fits (binary search)
+    while low < high:
+        mid = (low + high + 1) // 2
+        if len(hugo_urlize(term[:mid].rstrip()).encode("utf-8")) <= MAX_SLUG_BYTES:
+            low = mid
+        else:
+            high = mid - 1
+    cut = term[:low].rstrip()
+    return cut if cut and hugo_safe_term(cut) else None
 
 
 @lru_cache(maxsize=65536)  # a feed's terms come again and again (every item, every poll)

@@ -53,6 +53,11 @@ class Defaults:
     max_bytes: int = 10 * 1024 * 1024
     keep_items: int = 50
     interval_auto: bool = False  # `interval: auto`; `interval` is then the fallback
+    # Bounds on what one feed can make us store and publish (a hostile feed's attack on
+    # the disk: issue 20). See README "Security" for why these numbers.
+    max_tags: int = 32  # a feed's own categories kept per item
+    max_items: int = 1000  # entries taken from one feed per poll
+    max_new_terms: int = 200  # tags not yet published that one source adds per poll
 
 
 @dataclass(frozen=True)
@@ -70,6 +75,9 @@ class Source:
     exclude: tuple[str, ...] = ()
     enabled: bool = True
     full_text: bool = False
+    max_tags: int = 32
+    max_items: int = 1000
+    max_new_terms: int = 200
     line: int | None = None  # where it stands in feeds.yaml, for messages
     # `interval: auto`: follow the feed's rhythm (schedule.choose_interval); `interval`
     # is used until two dated items are known.

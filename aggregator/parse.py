@@ -72,7 +72,10 @@ def _parse_xml(body: bytes, headers: dict[str, str], url: str, source_id: str,
         fast = parse_fast(body, url)
         if fast is not None:
             return replace(fast, warning=repair) if repair else fast
-    headers.setdefault("content-location", url)
+    if not url.startswith("file:"):
+        # feedparser resolves a relative <guid> against it: against a local feed's file:
+        # URL that published the server's own paths ('file://srv/feeds/a/1').
+        headers.setdefault("content-location", url)
     headers.setdefault("content-type", "application/xml")  # local files: let the document decide
     try:
         parsed = feedparser.parse(body, response_headers=headers, sanitize_html=False,

@@ -93,7 +93,8 @@ def parser_chain() -> Any:
 
                 _chain = SimpleNamespace(
                     parse_feed=parse.parse_feed, enrich_entries=fulltext.enrich_entries,
-                    build_item=items.build_item, passes_filters=items.passes_filters)
+                    build_item=items.build_item, passes_filters=items.passes_filters,
+                    entry_terms=items.entry_terms, front_matter_text=items.front_matter_text)
     return _chain
 
 
@@ -430,6 +431,7 @@ def store_stage(ws: Workspace, source: Source, fetched: Fetched) -> SourceReport
     parsed = prepared.feed
     if parsed.warning:
         log.warning("%s: %s (%s)", source.id, parsed.warning, result.url)
+    prepared = bound_new_terms(ws, source, prepared)
     for warning in prepared.warnings:
         log.warning("%s: %s", source.id, warning)
     try:
@@ -523,7 +525,12 @@ def prepare_entries(parsed: ParsedFeed, source: Source, site: Site,
     settings = item_settings(source, site, front_matter)
     chain = parser_chain()
     unchanged: list[str] = []
-    for entry in parsed.entries:
+    entries = parsed.entries
+    if len(entries) > source.max_items:  # 100,000 entries held 1.1 GB
+        warnings.append(f"dropped {len(entries) - source.max_items} of {len(entries)} entries "
+                        f"beyond max_items ({source.max_items}): the feed's first are kept")
+        entries = entries[:source.max_items]
+    for entry in entries:
         raw = raw_key(entry, source.id, settings)
         if raw in known_raw:
             unchanged.append(raw)
@@ -543,13 +550,49 @@ def prepare_entries(parsed: ParsedFeed, source: Source, site: Site,
             continue
         if not chain.passes_filters(source, item.title, item.summary):
             continue
+        if len(entry.categories) > source.max_tags and (dropped := chain.entry_terms(
+                entry, source)[1]):
+            warnings.append(f"dropped {dropped} categories beyond max_tags "
+                            f"({source.max_tags}) of {entry.link or entry.entry_id or item.title}")
         keys = entry_keys(source.id, entry.entry_id, entry.link, item.title, item.body,
                           entry.published or entry.updated)
         keys.append(raw)  # last: never the key an item is found by, only skipped by
         candidates.append(candidate(source, item, keys,
                                     (entry.published or entry.updated) is not None))
-    return Prepared(replace(parsed, entries=()), tuple(candidates), skipped, tuple(warnings),
-                    tuple(unchanged))
+    # The feed's title names its published feeds (sources/<id>/) and the front page:
+    # plain text, no bidi overrides, as the items' strings are.
+    feed = replace(parsed, entries=(),
+                   title=chain.front_matter_text(parsed.title) or None if parsed.title else None)
+    return Prepared(feed, tuple(candidates), skipped, tuple(warnings), tuple(unchanged))
+
+
+def bound_new_terms(ws: Workspace, source: Source, prepared: Prepared) -> Prepared:
+    """At most ``max_new_terms`` tags that no published item has yet, from one source in
+    one poll: under max_tags, a thousand items with new tags each still made thousands of
+    feeds. Terms already published, and the source's own, cost nothing; a term over the
+    budget is dropped from its items (the items are stored), and logged once."""
+    own = set(source.tags)
+    fresh = list(dict.fromkeys(t for c in prepared.items for t in c.item.tags if t not in own))
+    if len(fresh) <= source.max_new_terms:  # nearly always: no query
+        return prepared
+    in_use = ws.index.terms_in_use("tag", fresh)
+    new = [t for t in fresh if t not in in_use]
+    if len(new) <= source.max_new_terms:
+        return prepared
+    over = set(new[source.max_new_terms:])
+    items = tuple(_retagged(c, tuple(t for t in c.item.tags if t not in over))
+                  if over.intersection(c.item.tags) else c for c in prepared.items)
+    sample = ", ".join(repr(t) for t in new[source.max_new_terms:][:5])
+    warning = (f"dropped {len(over)} new tags beyond max_new_terms ({source.max_new_terms}) "
+               f"this poll, such as {sample}")
+    return replace(prepared, items=items, warnings=(*prepared.warnings, warning))
+
+
+def _retagged(c: Candidate, tags: tuple[str, ...]) -> Candidate:
+    item = replace(c.item, tags=tags)
+    data = render_item(item).encode("utf-8")
+    return replace(c, item=item, data=data, written_hash=file_hash(data),
+                   content_hash=content_hash(item))
 
 
 def prepare_in_worker(body: bytes, headers: dict[str, str], url: str, source: Source,

@@ -417,7 +417,7 @@ def test_ten_thousand_items_in_one_feed(feed_server: FeedServer, tmp_path: Path)
                        description=None, content=f"<p>Body {n}.</p>") for n in range(10_000)]
     feed_server.route("/big.xml", body=rss_feed(items), gzip=True, etag='"big-1"')
     config = write_config(tmp_path, [{"id": "big", "url": feed_server.url("/big.xml"),
-                                      "max_bytes": "8MB"}])
+                                      "max_bytes": "8MB", "max_items": 10_000}])
     summary = poll_json(config, expect=(0,))
     assert summary["new"] == 10_000
     files = store_files(tmp_path / "store")
@@ -579,3 +579,292 @@ def test_lone_surrogates_in_a_json_feed_are_a_normal_item(feed_server: FeedServe
     with Workspace(load_config(config)) as ws:
         state = ws.index.source_state("sur")
     assert (state.last_status, state.title) == ("ok", "Feed \ufffd title")
+# -- issue 20: a feed's attacker against the disk, the Hugo site and the reader's eye -------------
+def _log_of(config: Path, *args: str) -> str:
+    """`aggregator poll ARGS` (exit 0 or 1, no traceback): its stderr, the log."""
+    result = run_cli("poll", *args, config=config, timeout=170)
+    assert_clean_exit(result, 0, 1)
+    return result.stderr
+
+
+def _output_files(output: Path) -> list[Path]:
+    return [p for p in output.rglob("*") if p.is_file()]
+
+
+@pytest.mark.timeout(240)
+def test_ten_thousand_categories_on_one_item_write_a_bounded_output(
+        feed_server: FeedServer, tmp_path: Path) -> None:
+    """One item with 10,000 categories (a 279 KB feed) made publish write 8.1 GB into
+    30,041 files: every tag feed held the item with all its categories."""
+    categories = "".join(f"<category>tag{n}</category>" for n in range(10_000))
+    feed_server.route("/tags.xml", body=rss_document([rss_item(1, extra=categories),
+                                                      rss_item(2)]))
+    config = write_config(tmp_path, [{"id": "tagger", "url": feed_server.url("/tags.xml")}])
+    log = _log_of(config)
+    items = {i.guid: i for i in read_store(tmp_path / "store").values()}
+    assert len(items) == 2
+    assert len(items["h-1"].tags) == 32, len(items["h-1"].tags)  # max_tags' default
+    assert items["h-1"].tags[:3] == ("tag0", "tag1", "tag2")  # the feed's first ones
+    assert "tagger" in log and "9968" in log and "max_tags" in log, log
+    assert log.count("max_tags") == 1, log  # once for the item, not once per tag
+    output = publish(config)
+    files = _output_files(output)
+    # 3 feeds per tag, category and source, the site's 3, index.html, feeds.opml
+    assert len(files) <= 3 * (32 + 1 + 1) + 3 + 2 + 5, len(files)
+    assert sum(p.stat().st_size for p in files) < 2_000_000
+
+
+def test_new_terms_one_source_adds_in_a_poll_are_bounded(feed_server: FeedServer,
+                                                         tmp_path: Path) -> None:
+    """Under max_tags, many items each with new tags still multiply the output: what one
+    source adds in one poll is capped by max_new_terms; terms already published count
+    not."""
+    def feed(prefix: str) -> bytes:
+        return rss_document(
+            [rss_item(n, extra="<category>known</category>" + "".join(
+                f"<category>{prefix}{n}-{k}</category>" for k in range(30)))
+             for n in range(40)])
+
+    feed_server.route("/many.xml", body=feed("first"))
+    config = write_config(tmp_path, [{"id": "many", "url": feed_server.url("/many.xml")}],
+                          defaults={"max_new_terms": 100})
+    log = _log_of(config)
+    assert "many" in log and "max_new_terms" in log, log
+    assert "dropped 1101 new tags" in log, log  # 1 + 40 * 30 - 100
+    tags = {t for i in read_store(tmp_path / "store").values() for t in i.tags}
+    assert "known" in tags and len(tags) == 100, len(tags)
+    output = publish(config)
+    assert len(list((output / "tags").iterdir())) == 100
+    # A later poll may add another 100, and terms the output already has are free.
+    feed_server.route("/many.xml", body=feed("second").replace(b"h-", b"g-").replace(
+        b"/h/", b"/g/"))
+    _log_of(config, "--force")
+    stored = list(read_store(tmp_path / "store").values())
+    assert len(stored) == 80
+    assert all("known" in i.tags for i in stored)
+    assert len({t for i in stored for t in i.tags}) == 200
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("max_tags", 0, "a whole number above 0"), ("max_tags", "many", "a whole number above 0"),
+    ("max_items", -1, "a whole number above 0"), ("max_new_terms", 1.5, "a whole number"),
+])
+def test_bounds_are_validated(tmp_path: Path, key: str, value: object, message: str) -> None:
+    config = write_config(tmp_path, [{"id": "a", "url": "https://example.org/a.xml",
+                                      key: value}])
+    result = run_cli("check", config=config)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "feeds.yaml:" in result.stderr and f"sources[0].{key}" in result.stderr, \
+        result.stderr
+    assert message in result.stderr
+    assert not (tmp_path / "store").exists()
+    config = write_config(tmp_path, [{"id": "a", "url": "https://example.org/a.xml"}],
+                          defaults={key: value})
+    result = run_cli("poll", config=config)
+    assert result.returncode == 2 and f"defaults.{key}: expected {message}" in result.stderr, \
+        result.stderr
+    assert not (tmp_path / "store").exists()
+
+
+@pytest.mark.timeout(180)
+def test_items_taken_from_one_feed_per_poll_are_capped(feed_server: FeedServer,
+                                                        tmp_path: Path) -> None:
+    feed_server.route("/flood.xml", body=rss_document(rss_item(n) for n in range(3000)))
+    config = write_config(tmp_path, [{"id": "flood", "url": feed_server.url("/flood.xml")}])
+    log = _log_of(config)
+    items = read_store(tmp_path / "store")
+    assert len(items) == 1000  # max_items' default
+    assert {i.guid for i in items.values()} == {f"h-{n}" for n in range(1000)}  # the first
+    assert "flood" in log and "2000" in log and "max_items" in log, log
+
+
+HOSTILE_MARKUP = [
+    "<script>alert(1)</script>", "<img src=x onerror=alert(2)>",
+    "[click](javascript:alert(3))", "<a href='javascript:alert(4)'>x</a>",
+    "<svg/onload=alert(5)>", "&lt;script&gt;alert(6)&lt;/script&gt;",
+]
+
+
+def _xml(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _hostile_site_feed() -> bytes:
+    """Each attack as text (escaped once: the feed's text holds the markup) and as HTML
+    text (escaped twice: plain_text decodes it into markup) in every string a feed
+    controls."""
+    attacks = [*HOSTILE_MARKUP, *(_xml(a) for a in HOSTILE_MARKUP)]
+    items = []
+    for n, attack in enumerate(attacks):
+        body = (f"<p>{_xml(attack)}</p><p><img src='https://example.org/i{n}.png' "
+                f"alt=\"{_xml(attack)}\"></p>")
+        items.append(
+            f"<item><title>{_xml(attack)} t{n}</title><link>https://example.org/x/{n}</link>"
+            f"<guid>x-{n}</guid><description>{_xml(body)}</description>"
+            f"<dc:creator>{_xml(attack)}</dc:creator><category>{_xml(attack)}</category>"
+            f"<category>c{n}</category></item>\n")
+    title = _xml("News <script>alert(7)</script><img src=x onerror=alert(8)>")
+    return ('<?xml version="1.0" encoding="utf-8"?>\n<rss version="2.0" '
+            'xmlns:dc="http://purl.org/dc/elements/1.1/"><channel>'
+            f"<title>{title} {_xml(_xml('<script>alert(9)</script>'))}</title>"
+            "<link>https://example.org/</link><description>d</description>\n"
+            + "".join(items) + "</channel></rss>\n").encode()
+
+
+HUGO_SITE = """\
+baseURL: http://127.0.0.1:8000/
+disableKinds: [sitemap, robotsTXT, "404"]
+taxonomies: {tag: tags, category: categories}
+markup:
+  goldmark:
+    renderer:
+      unsafe: true
+"""
+# What themes do with front matter: print it, and often markdownify it.
+HUGO_LAYOUTS = {
+    "_default/single.html": (
+        "<h1>{{ .Title }}</h1><h2>{{ .Title | markdownify }}</h2><p>{{ .Summary }}</p>"
+        "<p>{{ .Params.summary | markdownify }}</p><p>{{ .Params.author | markdownify }}</p>"
+        "{{ range .Params.tags }}<a>{{ . | markdownify }}</a>{{ end }}{{ .Content }}"),
+    "_default/list.html": ("<h1>{{ .Title | markdownify }}</h1>{{ range .Pages }}"
+                           "<p>{{ .Title | markdownify }} {{ .Summary }}</p>{{ end }}"),
+}
+
+
+def hugo_build(store: Path, site: Path) -> Path:
+    """The real hugo on a tiny site whose content is a copy of the store; its public/."""
+    import shutil
+    import subprocess
+
+    site.mkdir()
+    (site / "hugo.yaml").write_text(HUGO_SITE, encoding="utf-8")
+    for name, text in HUGO_LAYOUTS.items():
+        (site / "layouts" / name).parent.mkdir(parents=True, exist_ok=True)
+        (site / "layouts" / name).write_text(text, encoding="utf-8")
+    shutil.copytree(store, site / "content", ignore=shutil.ignore_patterns(".aggregator"))
+    result = subprocess.run(["hugo", "--source", str(site), "--destination",
+                             str(site / "public")], capture_output=True, text=True,
+                            timeout=120, check=False)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "ERROR" not in result.stdout + result.stderr, result.stdout + result.stderr
+    return site / "public"
+
+
+def markup_problems(page: str) -> list[str]:
+    """What in an HTML page is script: elements, event attributes, javascript: URLs."""
+    from lxml import html as lxml_html
+
+    problems = ["raw <script"] if "<script" in page.lower() else []
+    for element in lxml_html.document_fromstring(page).iter():
+        if not isinstance(element.tag, str):
+            continue
+        if element.tag in ("script", "svg", "iframe", "object", "embed", "math"):
+            problems.append(f"<{element.tag}>")
+        for name, value in element.attrib.items():
+            if name.lower().startswith("on"):
+                problems.append(f"<{element.tag} {name}=>")
+            if (name in ("href", "src", "action", "formaction", "data", "srcset")
+                    and "javascript:" in "".join(value.lower().split())):
+                problems.append(f"<{element.tag} {name}={value!r}>")
+    return problems
+
+
+needs_hugo = pytest.mark.skipif(
+    __import__("shutil").which("hugo") is None,
+    reason="hugo is not installed (apt-get install hugo)")
+
+
+@needs_hugo
+def test_no_feed_string_becomes_markup_in_a_hugo_site_with_unsafe_html(
+        feed_server: FeedServer, tmp_path: Path) -> None:
+    feed_server.route("/xss.xml", body=_hostile_site_feed())
+    config = write_config(tmp_path, [{"id": "xss", "url": feed_server.url("/xss.xml")}])
+    summary = poll_json(config, expect=(0,))
+    assert summary["new"] == 2 * len(HOSTILE_MARKUP)
+    for item in read_store(tmp_path / "store").values():
+        for text in (item.title, item.summary, item.author or "", *item.tags):
+            assert "<" not in text and ">" not in text, text
+    public = hugo_build(tmp_path / "store", tmp_path / "site")
+    pages = list(public.rglob("*.html"))
+    assert len(pages) > 2 * len(HOSTILE_MARKUP)
+    for page in pages:
+        # As markup, not as text: the attacks are still there, escaped, to be read.
+        assert markup_problems(page.read_text(encoding="utf-8")) == [], page
+    # and the text is still there, shown as text
+    assert any("alert(1)" in p.read_text(encoding="utf-8") for p in pages)
+
+
+@needs_hugo
+def test_a_category_over_255_bytes_is_shortened_and_hugo_builds(
+        feed_server: FeedServer, tmp_path: Path) -> None:
+    """120 Chinese characters (360 bytes): Hugo failed the whole site with "file name too
+    long". Shortened as the output's slugs are: the store, our output and Hugo agree."""
+    long_term = "人工智能医疗" * 20
+    feed_server.route("/long.xml", body=rss_document([rss_item(
+        1, extra=f"<category>{long_term}</category><category>short</category>")]))
+    config = write_config(tmp_path, [{"id": "long", "url": feed_server.url("/long.xml")}])
+    poll_json(config, expect=(0,))
+    (item,) = read_store(tmp_path / "store").values()
+    (stored,) = [t for t in item.tags if t.startswith("人工")]
+    assert long_term.startswith(stored) and len(stored.encode()) <= 150, stored
+    output = publish(config)
+    assert (output / "tags" / stored / "index.xml").is_file()
+    public = hugo_build(tmp_path / "store", tmp_path / "site")
+    assert (public / "tags" / stored / "index.xml").is_file()
+
+
+def test_invisible_and_bidi_characters_are_stripped_from_titles(feed_server: FeedServer,
+                                                               tmp_path: Path) -> None:
+    spoof = "\u202eAdmin\u202c \u2066x\u2069\u200b\u200e\u200f\ufeff\u2060\u061c"
+    doctor = "\U0001F468\u200D\u2695\uFE0F"  # man health worker: ZWJ joins the sequence
+    feed = rss_document([rss_item(1, title=f"{spoof} news {doctor}",
+                                  extra=f"<category>{spoof}tag</category>"
+                                        f"<author>a@b ({spoof}Bob)</author>")],
+                        ).replace(b"<title>Hostile</title>",
+                                  f"<title>{spoof}Feed</title>".encode())
+    feed_server.route("/bidi.xml", body=feed)
+    config = write_config(tmp_path, [{"id": "bidi", "url": feed_server.url("/bidi.xml")}])
+    poll_json(config, expect=(0,))
+    (item,) = read_store(tmp_path / "store").values()
+    assert item.title == f"Admin x news {doctor}", ascii(item.title)
+    assert item.tags == ("Admin xtag",), ascii(item.tags)
+    assert item.author is not None and "\u202e" not in item.author, ascii(item.author)
+    assert "[Admin xFeed](https://example.org/h/1)" in item.body, ascii(item.body)
+    listing = json.loads(run_cli("sources", "--json", config=config).stdout)
+    assert "\u202e" not in json.dumps(listing, ensure_ascii=False)
+    output = publish(config)
+    assert feedparser.parse((output / "sources" / "bidi" / "atom.xml").read_bytes(),
+                            ).feed.title.endswith("Admin xFeed")
+
+
+def test_a_relative_guid_in_a_local_feed_is_not_made_a_file_path(tmp_path: Path) -> None:
+    feed = tmp_path / "local.xml"
+    for doctype in ("", "<!DOCTYPE rss>\n"):  # the fast path, and feedparser's
+        feed.write_bytes(rss_document([rss_item(1).replace("<guid>h-1</guid>",
+                                                           "<guid>a/1</guid>")],
+                                      doctype=doctype))
+        config = write_config(tmp_path, [{"id": "local", "url": "local.xml"}])
+        poll_json(config, force=True, expect=(0,))
+        (item,) = read_store(tmp_path / "store").values()
+        assert item.guid == "a/1", item.guid
+        output = publish(config)
+        assert b"file:" not in (output / "index.xml").read_bytes()
+        assert str(tmp_path).encode() not in (output / "feed.json").read_bytes()
+        import shutil
+        shutil.rmtree(tmp_path / "store")
+        shutil.rmtree(output)
+
+
+def test_a_full_text_article_over_max_bytes_is_reported(feed_server: FeedServer,
+                                                        tmp_path: Path) -> None:
+    """The article page of a full_text source over max_bytes was dropped with a log line
+    below the default level: the item kept its summary and nobody was told why."""
+    feed_server.route("/ft.xml", body=rss_feed([news_item(
+        1, link=feed_server.url("/article/1"), content=None)]))
+    feed_server.route("/article/1", body=b"<html><body>" + b"<p>word </p>" * 20_000
+                      + b"</body></html>", content_type="text/html")
+    config = write_config(tmp_path, [{"id": "ft", "url": feed_server.url("/ft.xml"),
+                                      "full_text": True, "max_bytes": "100KB"}])
+    log = _log_of(config)
+    assert "ft" in log and feed_server.url("/article/1") in log and "too large" in log, log
+    assert "WARNING" in log
