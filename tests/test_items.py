@@ -190,11 +190,13 @@ def test_a_title_with_markup_is_escaped_in_the_lead_image_alt() -> None:
 
     item = built(entry(title="Die Rückkehr von <i> und <b> [1]", link="https://e.example/a",
                        thumbnail="https://e.example/t.jpg", content_html="<p>x</p>"))
-    assert item.title == "Die Rückkehr von <i> und <b> [1]"  # the title itself is plain text
+    # Front matter holds no tag (issue 20: a Hugo theme may markdownify it with unsafe on),
+    # so the title's "<i>" goes; what is left of it is the alt text, as plain text.
+    assert item.title == "Die Rückkehr von und [1]"
     # No raw HTML in the Markdown (SPEC §3): Hugo's goldmark would drop '<i>' from the alt.
     assert not re.search(r"(?<!\\)<[ib]>", item.body), item.body
     html = markdown_to_html(item.body)
-    assert 'alt="Die Rückkehr von &lt;i&gt; und &lt;b&gt; [1]"' in html
+    assert 'alt="Die Rückkehr von und [1]"' in html
     assert "<i>" not in html and "<b>" not in html
 
 
