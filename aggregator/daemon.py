@@ -7,6 +7,9 @@
              by the feed's ttl / max-age, Retry-After and error backoff)
     watch:   feeds.yaml every few seconds; a valid edit adds, removes and reschedules
              sources without a restart, an invalid one is logged and ignored
+    threads: polls share the worker pool, but a host holds at most its fetch slots of
+             it (HostQueue: the rest wait in a queue, not on a thread); the watcher and
+             publish have a thread each, so no poll can delay them
     stop:    SIGTERM/SIGINT -> no new jobs, in-flight fetches abandoned, in-flight
              writes finished (the write lock), exit 0
 """
@@ -21,8 +24,10 @@ import signal
 import subprocess
 import sys
 import threading
+from collections import deque
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from apscheduler.executors.pool import ThreadPoolExecutor
 from apscheduler.jobstores.base import JobLookupError
@@ -30,7 +35,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 
 from aggregator.config import load_config
 from aggregator.errors import ConfigError
-from aggregator.fetch import Fetcher
+from aggregator.fetch import PER_HOST, Fetcher
 from aggregator.hook import HookRunner
 from aggregator.lock import DaemonLock
 from aggregator.metrics import record_polls, record_publish
@@ -63,6 +68,51 @@ def _config_signature(path: Path) -> tuple[int, int] | None:
     return (st.st_mtime_ns, st.st_size)
 
 
+class HostQueue:
+    """At most `slots` polls of one host at once; the others wait here, off the pool.
+
+    A poll waiting for its host's fetch slot would hold a pool thread while it waits:
+    sixteen sources on a host that never answers would hold every thread for a whole
+    timeout, and every other source would wait behind them.
+    """
+
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self._busy: dict[str, int] = {}
+        self._waiting: dict[str, deque[str]] = {}
+        self._lock = threading.Lock()
+
+    def enter(self, host: str, source_id: str) -> bool:
+        """Take a slot of `host` for `source_id`, or queue it and say no."""
+        with self._lock:
+            if self._busy.get(host, 0) < self.slots:
+                self._busy[host] = self._busy.get(host, 0) + 1
+                return True
+            waiting = self._waiting.setdefault(host, deque())
+            if source_id not in waiting:
+                waiting.append(source_id)
+            return False
+
+    def leave(self, host: str) -> str | None:
+        """Give the slot back; the source that waits longest for `host`, if any."""
+        with self._lock:
+            self._busy[host] -= 1
+            if not self._busy[host]:
+                del self._busy[host]
+            waiting = self._waiting.get(host)
+            if not waiting:
+                self._waiting.pop(host, None)
+                return None
+            return waiting.popleft()
+
+
+def _host(source: Source) -> str | None:
+    """The host a source is fetched from; None for a local file (no slots to share)."""
+    if not source.is_http:
+        return None
+    return (urlsplit(source.url).hostname or "").lower()
+
+
 class Daemon:
     def __init__(self, config_path: Path, config: Config, *, workers: int = 8,
                  serve_at: tuple[str, int] | None = None,
@@ -80,8 +130,11 @@ class Daemon:
         self._server_thread: threading.Thread | None = None
         self._config_sig = _config_signature(config_path)
         self._publish_lock = threading.Lock()
+        self.hosts = HostQueue(PER_HOST)
         self.scheduler = BackgroundScheduler(
-            executors={"default": ThreadPoolExecutor(max_workers=max(1, workers))},
+            executors={"default": ThreadPoolExecutor(max_workers=max(1, workers)),
+                       "watch": ThreadPoolExecutor(max_workers=1),
+                       "publish": ThreadPoolExecutor(max_workers=1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
             timezone=UTC,
         )
@@ -115,7 +168,7 @@ class Daemon:
             # The first poll of everything now, spread over a few seconds.
             self._schedule(source.id, now + timedelta(milliseconds=50 * i))
         self.scheduler.add_job(self.check_config, "interval", seconds=CONFIG_CHECK_SECONDS,
-                               id="config", replace_existing=True)
+                               id="config", replace_existing=True, executor="watch")
         _say(f"daemon started: {len([s for s in self.config.sources if s.enabled])} sources, "
              f"store {self.config.store_dir}, output {self.config.output_dir} (pid {os.getpid()})")
 
@@ -149,6 +202,24 @@ class Daemon:
         source = self.config.source(source_id)
         if source is None or not source.enabled or self.stop.is_set():
             return
+        host = _host(source)
+        if host is None:
+            self._poll(source)
+            return
+        if not self.hosts.enter(host, source.id):
+            # Queued: the poll that frees a slot of this host schedules it now. Should
+            # that never come (the source edited away meanwhile), an interval from now.
+            self._schedule(source.id, utc_now() + source.interval)
+            return
+        try:
+            self._poll(source)
+        finally:
+            waiting = self.hosts.leave(host)
+            if waiting is not None:
+                self._schedule(waiting, utc_now())
+
+    def _poll(self, source: Source) -> None:
+        source_id = source.id
         before = self.ws.index.source_state(source_id)
         try:
             fetched = fetch_stage(self.ws, source, utc_now, self.fetcher)
@@ -194,7 +265,7 @@ class Daemon:
         if self.stop.is_set() or self.scheduler.get_job("publish") is not None:
             return
         self.scheduler.add_job(self.publish, "date", run_date=utc_now() + PUBLISH_DELAY,
-                               id="publish", replace_existing=True)
+                               id="publish", replace_existing=True, executor="publish")
 
     def publish(self) -> None:
         """Publish in a child process: a publish needs memory in proportion to the store,

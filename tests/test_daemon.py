@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import signal
+import socket
 import subprocess
 import sys
 from dataclasses import replace
@@ -335,3 +336,58 @@ def test_many_changed_sources_cause_few_publishes(feed_server: FeedServer,
         daemon.wait_log(r"published \d+ feeds", count=2)
         publishes = publish_count(daemon.log())
     assert 2 <= publishes <= 5, daemon.log()  # at start + after the round, not 30
+
+
+# -- one slow host must not starve the rest (issue 20 #5) ------------------------------------
+SILENT_SOURCES = 16
+
+
+def test_a_host_that_never_answers_delays_no_other_source_nor_the_config_watcher(
+        feed_server: FeedServer, tmp_path: Path) -> None:
+    # A host that takes connections and never answers: the kernel completes the handshake
+    # (backlog), nobody reads. Sixteen sources on it, listed first, each with a read
+    # timeout longer than the test's wait: before the fix every worker thread sat on this
+    # host (two fetching, the rest queued for its two slots) and the healthy source, and a
+    # feeds.yaml edit, waited a whole timeout behind them.
+    silent = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    silent.bind(("127.0.0.2", 0))
+    silent.listen(64)
+    try:
+        port = silent.getsockname()[1]
+        slow = [{"id": f"slow{n}", "url": f"http://127.0.0.2:{port}/feed{n}.xml",
+                 "timeout": "60s", "interval": "1h"} for n in range(SILENT_SOURCES)]
+        body, titles = feed(1, 2)
+        feed_server.route("/healthy.xml", body=body)
+        later, later_titles = feed(3)
+        feed_server.route("/later.xml", body=later)
+        healthy = {"id": "healthy", "url": feed_server.url("/healthy.xml")}
+        config = write_config(tmp_path, [*slow, healthy])
+
+        with running_daemon(config, tmp_path / "logs", workers=4) as daemon:
+            wait_until(lambda: has_titles(daemon, "/index.xml", titles),
+                       what="the healthy source published while its neighbours hang",
+                       context=daemon.describe)
+            rewrite_config(config, [*slow, healthy,
+                                    {"id": "later", "url": feed_server.url("/later.xml")}])
+            daemon.wait_log(r"source later added")
+            wait_until(lambda: has_titles(daemon, "/index.xml", later_titles),
+                       what="a source added by editing feeds.yaml, published",
+                       context=daemon.describe)
+        assert "Traceback" not in daemon.log()
+    finally:
+        silent.close()
+
+
+def test_host_queue_hands_a_freed_slot_to_the_longest_waiting_source() -> None:
+    from aggregator.daemon import HostQueue
+
+    hosts = HostQueue(2)
+    assert [hosts.enter("a", s) for s in ("s1", "s2", "s3", "s4", "s3")] == [
+        True, True, False, False, False]
+    assert hosts.enter("b", "t1") is True  # another host has slots of its own
+    assert hosts.leave("a") == "s3"  # queued once, though it asked twice
+    assert hosts.enter("a", "s3") is True  # its poll, scheduled by the one that left
+    assert hosts.enter("a", "s5") is False
+    assert [hosts.leave("a"), hosts.leave("a")] == ["s4", "s5"]
+    assert [hosts.enter("a", "s4"), hosts.enter("a", "s5")] == [True, True]
+    assert [hosts.leave("a"), hosts.leave("a")] == [None, None]
